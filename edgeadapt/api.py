@@ -1,0 +1,80 @@
+"""The entry points: `wrap`, `unwrap`, `list_methods`, `config_for`, `load_adapter`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from edgeadapt._registry import METHODS
+from edgeadapt.config import AdaptConfig, config_from_dict
+from edgeadapt.errors import ConfigError, UnknownNameError
+
+__all__ = ["config_for", "list_methods", "load_adapter", "unwrap", "wrap"]
+
+
+def _registry() -> dict:
+    import edgeadapt.methods  # noqa: F401  (fills the registry)
+
+    return METHODS
+
+
+def list_methods() -> list[str]:
+    """Names of the registered methods."""
+    return sorted(_registry())
+
+
+def config_for(method: str, **fields: Any) -> AdaptConfig:
+    """The config of a method by name, e.g. `config_for("tent", lr=1e-4)`."""
+    registry = _registry()
+    if method not in registry:
+        raise UnknownNameError(f"unknown method {method!r}; available: {sorted(registry)}")
+    try:
+        return registry[method][0](**fields)
+    except TypeError as exc:
+        raise ConfigError(f"bad settings for {method!r}: {exc}") from exc
+
+
+def wrap(model: nn.Module, config: AdaptConfig, *, example_input: Tensor | None = None):
+    """An adapter around a copy of `model`; the type of `config` picks the method.
+
+    `model` itself is never modified. `example_input` (a small batch shaped like the real
+    input) is used for a probe forward; by default a random (2, C, 64, 64) batch.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"wrap needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(config, AdaptConfig):
+        raise ConfigError(
+            f"wrap needs a method config (e.g. edgeadapt.TentConfig()), got {type(config).__name__}"
+        )
+    registry = _registry()
+    entry = registry.get(config.method)
+    if entry is None or type(config) is not entry[0]:
+        raise ConfigError(
+            f"no method is registered for {type(config).__name__}; available: {sorted(registry)}"
+        )
+    return entry[1](model, config, example_input=example_input)
+
+
+def unwrap(adapter) -> nn.Module:
+    """The original model an adapter was made from, unchanged."""
+    return adapter.unwrap()
+
+
+def load_adapter(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    example_input: Tensor | None = None,
+    strict_weights: bool = True,
+):
+    """Wrap `model` with the config saved in `path` and load the saved adapter weights."""
+    from edgeadapt.methods.base import read_adapter_file
+
+    payload = read_adapter_file(path)
+    config = config_from_dict(json.loads(payload["config"]))
+    adapter = wrap(model, config, example_input=example_input)
+    adapter.load(path, strict_weights=strict_weights)
+    return adapter

@@ -1,0 +1,212 @@
+"""One frozen, keyword-only config per method. The config's type picks the method.
+
+Every config is plain data so it round-trips through JSON next to the adapter weights
+(`to_dict` / `config_from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edgeadapt.errors import ConfigError
+
+__all__ = [
+    "AdaptConfig",
+    "CoTTAConfig",
+    "EATAConfig",
+    "EcoTTAConfig",
+    "NormConfig",
+    "SourceConfig",
+    "TentConfig",
+    "config_from_dict",
+    "to_dict",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptConfig:
+    """Settings every method shares."""
+
+    method: str = dataclasses.field(default="", init=False)  # set by each subclass
+    steps: int = 1  # adaptation steps per incoming batch
+    episodic: bool = False  # reset to the wrap-time state before every batch
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    seed: int = 0  # seeds the adapter's own generator (augmentations, restores)
+    # What a batch too small for batch statistics does: "error" raises BatchTooSmallError,
+    # "predict" returns the current model's prediction without adapting.
+    small_batch: Literal["error", "predict"] = "error"
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "steps must be >= 1")
+        _check(
+            self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"
+        )
+        _check(
+            self.optimizer in ("sgd", "adam"),
+            f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}",
+        )
+        _check(self.small_batch in ("error", "predict"), "small_batch must be 'error' or 'predict'")
+        _check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig(AdaptConfig):
+    """No adaptation: the source model as shipped."""
+
+    method: str = dataclasses.field(default="source", init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormConfig(AdaptConfig):
+    """BN layers normalise with the statistics of each test batch (Schneider et al. 2020)."""
+
+    method: str = dataclasses.field(default="norm", init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TentConfig(AdaptConfig):
+    """Entropy minimisation over BN affine parameters (Wang et al. 2021)."""
+
+    method: str = dataclasses.field(default="tent", init=False)
+    optimizer: Literal["sgd", "adam"] = "adam"  # Tent's CIFAR setting
+    # Memory-lean frozen convs and 1-bit ReLU masks (edgeadapt.modules.lean). Off by default:
+    # the published method keeps PyTorch's usual activations.
+    lean: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EATAConfig(AdaptConfig):
+    """Tent with sample selection and a Fisher anti-forgetting term (Niu et al. 2022)."""
+
+    method: str = dataclasses.field(default="eata", init=False)
+    lr: float = 5e-3
+    lean: bool = False  # as TentConfig.lean
+    entropy_margin: float = 0.4  # keep samples with entropy < margin · ln(C)
+    redundancy_margin: float = (
+        0.4  # keep samples whose |cosine| to the running mean prob. is below this
+    )
+    fisher_alpha: float = 2000.0  # weight of the Fisher regulariser (needs compute_fisher)
+    prob_ema: float = 0.9  # momentum of the running mean of selected probabilities
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.entropy_margin > 0, "entropy_margin must be > 0")
+        _check(0 <= self.redundancy_margin <= 2, "redundancy_margin must be in [0, 2]")
+        _check(self.fisher_alpha >= 0, "fisher_alpha must be >= 0")
+        _check(0 <= self.prob_ema < 1, "prob_ema must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoTTAConfig(AdaptConfig):
+    """Mean teacher with augmentation-averaged pseudo-labels and stochastic restore (Wang et al. 2022)."""
+
+    method: str = dataclasses.field(default="cotta", init=False)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    teacher_momentum: float = 0.999  # EMA of the student into the teacher
+    restore_prob: float = 0.01  # chance per weight element to return to the source value each step
+    confidence_threshold: float = 0.92  # below this anchor confidence, average augmentations
+    augmentations: int = 32  # augmented views averaged for a pseudo-label
+    # The caller's input normalisation. Augmentations act on pixels in [0, 1], so inputs are
+    # un-normalised first when these are given (None: inputs are already in [0, 1]).
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            (self.input_mean is None) == (self.input_std is None),
+            "give input_mean and input_std together",
+        )
+        for name in ("input_mean", "input_std"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        _check(0 <= self.teacher_momentum < 1, "teacher_momentum must be in [0, 1)")
+        _check(0 <= self.restore_prob <= 1, "restore_prob must be in [0, 1]")
+        _check(0 <= self.confidence_threshold <= 1, "confidence_threshold must be in [0, 1]")
+        _check(self.augmentations >= 0, "augmentations must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EcoTTAConfig(AdaptConfig):
+    """Meta networks on K parts of a frozen backbone (Song et al. 2023)."""
+
+    method: str = dataclasses.field(default="ecotta", init=False)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    # Parts of the frozen network, in forward order. Each part is one module name or a tuple
+    # of consecutive sibling names inside an nn.Sequential. None: split ResNet-style blocks
+    # automatically into `num_parts` groups.
+    parts: tuple[str | tuple[str, ...], ...] | None = None
+    # K, used when parts is None; None: 4, or one part per block on networks with fewer blocks.
+    num_parts: int | None = None
+    entropy_margin: float = 0.4  # adapt on samples with entropy < margin · ln(C)
+    reg_weight: float = 0.5  # λ of the self-distilled L1 term
+    meta_kernel_size: int = 1  # kernel of the meta conv block (1 or 3)
+    # "eval": the frozen BNs keep their source statistics and are folded into the lean frozen
+    # path (least memory). "batch": they normalise with test-batch statistics (more robust to
+    # shift, but backward then keeps their inputs).
+    frozen_bn: Literal["eval", "batch"] = "eval"
+    lean: bool = True  # memory-lean frozen path (keeps only 1-bit ReLU masks for backward)
+    # Recompute each part in backward, keeping only its input: less memory for one more
+    # forward of the frozen layers per step.
+    recompute: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_parts is None or self.num_parts >= 1, "num_parts must be >= 1")
+        _check(self.entropy_margin > 0, "entropy_margin must be > 0")
+        _check(self.reg_weight >= 0, "reg_weight must be >= 0")
+        _check(self.meta_kernel_size in (1, 3), "meta_kernel_size must be 1 or 3")
+        _check(self.frozen_bn in ("eval", "batch"), "frozen_bn must be 'eval' or 'batch'")
+        if self.parts is not None:
+            _check(len(self.parts) >= 1, "parts must name at least one part")
+            object.__setattr__(
+                self, "parts", tuple(p if isinstance(p, str) else tuple(p) for p in self.parts)
+            )
+
+
+_CONFIG_TYPES: dict[str, type[AdaptConfig]] = {
+    "source": SourceConfig,
+    "norm": NormConfig,
+    "tent": TentConfig,
+    "eata": EATAConfig,
+    "cotta": CoTTAConfig,
+    "ecotta": EcoTTAConfig,
+}
+
+
+def to_dict(config: AdaptConfig) -> dict[str, Any]:
+    """Plain JSON-able dict, including the method name."""
+    out = dataclasses.asdict(config)
+    if out.get("parts") is not None:
+        out["parts"] = [p if isinstance(p, str) else list(p) for p in out["parts"]]
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> AdaptConfig:
+    """Inverse of `to_dict`; unknown methods or fields are a ConfigError."""
+    data = dict(data)
+    method = data.pop("method", None)
+    cls = _CONFIG_TYPES.get(method)  # type: ignore[arg-type]
+    if cls is None:
+        raise ConfigError(f"unknown method {method!r}; known: {sorted(_CONFIG_TYPES)}")
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__} has no fields {sorted(unknown)}; fields: {sorted(names)}"
+        )
+    if data.get("parts") is not None:
+        data["parts"] = tuple(p if isinstance(p, str) else tuple(p) for p in data["parts"])
+    return cls(**data)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

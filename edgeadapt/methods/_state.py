@@ -1,0 +1,95 @@
+"""Helpers the base adapter uses: model fingerprints, atomic writes, BN statistic modes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = [
+    "architecture_digest",
+    "atomic_write_bytes",
+    "batchnorms_on_batch_stats",
+    "no_running_stat_updates",
+    "source_statistics",
+    "use_batch_statistics",
+    "weights_digest",
+]
+
+
+def architecture_digest(model: nn.Module) -> str:
+    """sha256 of every state tensor's name, shape and dtype: equal iff same architecture."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of the state tensors' values: tells two checkpoints of one architecture apart."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def use_batch_statistics(bn: _BatchNorm) -> None:
+    """Normalise with each batch's statistics and leave the running (source) statistics as
+    they are: train mode without tracking. The source statistics stay in the state dict, so a
+    fallback can still use them."""
+    bn.train()
+    bn.track_running_stats = False
+
+
+def batchnorms_on_batch_stats(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training]
+
+
+@contextlib.contextmanager
+def no_running_stat_updates(model: nn.Module) -> Iterator[None]:
+    """Predict with batch statistics but change no running statistic."""
+    touched = [m for m in batchnorms_on_batch_stats(model) if m.track_running_stats]
+    for m in touched:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in touched:
+            m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def source_statistics(model: nn.Module) -> Iterator[None]:
+    """Temporarily normalise with the stored running statistics (eval-mode BN)."""
+    touched = batchnorms_on_batch_stats(model)
+    for m in touched:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in touched:
+            m.train()

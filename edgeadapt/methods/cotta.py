@@ -1,0 +1,91 @@
+"""CoTTA (Wang et al., "Continual Test-Time Domain Adaptation", CVPR 2022).
+
+A student (every parameter trains) learns from a mean teacher. When the source model (the
+anchor) is unsure, the teacher's pseudo-label averages many augmented views. After each step a
+small random fraction of the student's weights returns to the source values (stochastic
+restore), which keeps long runs from drifting. Predictions come from the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from edgeadapt._registry import register_method
+from edgeadapt.config import CoTTAConfig
+from edgeadapt.losses import soft_cross_entropy
+from edgeadapt.methods._augment import augment
+from edgeadapt.methods._state import no_running_stat_updates, use_batch_statistics
+from edgeadapt.methods.base import Adapter
+
+__all__ = ["CoTTAAdapter"]
+
+
+class CoTTAAdapter(Adapter):
+    config: CoTTAConfig
+
+    def configure(self, model: nn.Module, example_input: Tensor) -> nn.Module:
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                use_batch_statistics(m)
+        model.requires_grad_(True)
+        self.anchor = copy.deepcopy(model).requires_grad_(False)  # the source model, kept as is
+        self.teacher = copy.deepcopy(model).requires_grad_(False)  # EMA of the student
+        c = self.config
+        if c.input_mean is not None:
+            self.register_buffer(
+                "_mean", torch.tensor(c.input_mean).view(1, -1, 1, 1), persistent=False
+            )
+            self.register_buffer(
+                "_std", torch.tensor(c.input_std).view(1, -1, 1, 1), persistent=False
+            )
+        return model
+
+    def trainable_parameters(self):  # type: ignore[override]
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    def adapter_state_keys(self) -> list[str]:
+        state = self.state_dict()
+        return [k for k in state if k.startswith(("model.", "teacher."))]
+
+    def predict(self, x: Tensor) -> Tensor:
+        with torch.no_grad(), no_running_stat_updates(self.teacher):
+            return self.teacher(x)
+
+    def _pseudo_label(self, x: Tensor) -> Tensor:
+        c = self.config
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+            confidence = self.anchor(x).softmax(dim=1).max(dim=1).values
+            if c.augmentations == 0 or confidence.mean() >= c.confidence_threshold:
+                return teacher_logits
+            pixels = x * self._std + self._mean if c.input_mean is not None else x
+            views = []
+            for _ in range(c.augmentations):
+                view = augment(pixels, self.generator)
+                if c.input_mean is not None:
+                    view = (view - self._mean) / self._std
+                views.append(self.teacher(view))
+            return torch.stack(views).mean(dim=0)
+
+    def loss(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
+        target = self._pseudo_label(x)
+        student = self.model(x)
+        return soft_cross_entropy(student, target).mean(), target
+
+    @torch.no_grad()
+    def after_step(self, x: Tensor, logits: Tensor) -> None:
+        c = self.config
+        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
+            t.lerp_(s, 1 - c.teacher_momentum)
+        if c.restore_prob > 0:
+            for s, a in zip(self.model.parameters(), self.anchor.parameters()):
+                restore = torch.rand(s.shape, generator=self.generator) < c.restore_prob
+                s.copy_(torch.where(restore, a, s))
+
+
+register_method(CoTTAConfig, CoTTAAdapter)
