@@ -44,7 +44,12 @@ def main() -> None:
     for r in rows:
         r["adaptation_vs_cotta"] = r["measured"]["adaptation"] / ref["cotta"]
         r["adaptation_vs_tent"] = r["measured"]["adaptation"] / ref["tent"]
-    meta = {"model": "resnet20", "input_shape": SHAPE, "torch": torch.__version__, "machine": platform.machine()}
+    meta = {
+        "model": "resnet20",
+        "input_shape": SHAPE,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
     lines = [
