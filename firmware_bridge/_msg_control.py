@@ -1,0 +1,108 @@
+"""Session and housekeeping messages: HELLO, DEVICE_INFO, STATS, RESET, ACK, NAK, ERROR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .message_base import Message
+from .message_base import layout as _s
+from .protocol import MAX_PROFILE_NAME, MsgType
+
+__all__ = [
+    "Ack",
+    "DeviceInfo",
+    "ErrorReport",
+    "GetStats",
+    "Hello",
+    "Nak",
+    "Reset",
+    "Stats",
+]
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Host opens a session: the versions it speaks, its largest payload, what it wants."""
+
+    TYPE = MsgType.HELLO
+    LAYOUT = _s("BBHI")
+    version_min: int
+    version_max: int
+    max_payload: int
+    capabilities: int = 0
+
+
+@dataclass(frozen=True)
+class DeviceInfo(Message):
+    """Reply to HELLO. `version` is first so a host of any version can read it."""
+
+    TYPE = MsgType.DEVICE_INFO
+    LAYOUT = _s("BHIIIII")
+    TAIL = "text"
+    TAIL_MAX = MAX_PROFILE_NAME
+    version: int
+    max_payload: int  # negotiated: min(host's, device's)
+    capabilities: int
+    ram_bytes: int
+    flash_bytes: int
+    program_crc: int  # CRC-32 of the active program, 0 when none
+    adapter_crc: int  # CRC-32 of the active adapter blob, 0 when none
+    profile: str = ""
+
+
+@dataclass(frozen=True)
+class GetStats(Message):
+    TYPE = MsgType.GET_STATS
+
+
+@dataclass(frozen=True)
+class Stats(Message):
+    """Device counters since boot (u32, wrapping)."""
+
+    TYPE = MsgType.STATS
+    LAYOUT = _s("9I")
+    uptime_ms: int
+    frames_rx: int
+    frames_tx: int
+    crc_errors: int
+    framing_errors: int  # COBS, magic, length and oversize
+    naks_sent: int
+    duplicates: int  # retransmitted requests answered from the cache
+    infer_count: int
+    adapt_steps: int
+
+
+@dataclass(frozen=True)
+class Reset(Message):
+    TYPE = MsgType.RESET
+    LAYOUT = _s("B")
+    kind: int
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """Success with nothing to return (UPLOAD_COMMIT, STREAM_STOP, RESET)."""
+
+    TYPE = MsgType.ACK
+
+
+@dataclass(frozen=True)
+class Nak(Message):
+    """Link level: the receiver could not read a frame; the sender should resend."""
+
+    TYPE = MsgType.NAK
+    LAYOUT = _s("B")
+    reason: int
+
+
+@dataclass(frozen=True)
+class ErrorReport(Message):
+    """ERROR: the request arrived intact but cannot be served. Not retried."""
+
+    TYPE = MsgType.ERROR
+    LAYOUT = _s("HI")
+    TAIL = "text"
+    TAIL_MAX = 128
+    code: int
+    arg: int = 0
+    text: str = ""

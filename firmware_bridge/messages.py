@@ -1,0 +1,94 @@
+"""One frozen dataclass per message of protocol v1, and the type byte → class table.
+
+Tables of every layout are in docs/bridge-protocol.md. The classes live in two private
+modules (session/housekeeping, data movement) to keep files small; import them from here.
+"""
+
+from __future__ import annotations
+
+from ._msg_control import Ack, DeviceInfo, ErrorReport, GetStats, Hello, Nak, Reset, Stats
+from ._msg_data import (
+    Adapt,
+    AdapterChunk,
+    AdaptResult,
+    GetAdapter,
+    Infer,
+    InferResult,
+    StreamCredit,
+    StreamFrame,
+    StreamResult,
+    StreamStart,
+    StreamStop,
+    UploadBegin,
+    UploadChunk,
+    UploadCommit,
+    UploadStatus,
+)
+from .errors import MessageError
+from .message_base import Message
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "Ack",
+    "Adapt",
+    "AdaptResult",
+    "AdapterChunk",
+    "DeviceInfo",
+    "ErrorReport",
+    "GetAdapter",
+    "GetStats",
+    "Hello",
+    "Infer",
+    "InferResult",
+    "Message",
+    "Nak",
+    "Reset",
+    "Stats",
+    "StreamCredit",
+    "StreamFrame",
+    "StreamResult",
+    "StreamStart",
+    "StreamStop",
+    "UploadBegin",
+    "UploadChunk",
+    "UploadCommit",
+    "UploadStatus",
+    "unpack_message",
+]
+
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        DeviceInfo,
+        UploadBegin,
+        UploadChunk,
+        UploadCommit,
+        UploadStatus,
+        Infer,
+        InferResult,
+        Adapt,
+        AdaptResult,
+        StreamStart,
+        StreamCredit,
+        StreamFrame,
+        StreamResult,
+        StreamStop,
+        GetAdapter,
+        AdapterChunk,
+        GetStats,
+        Stats,
+        Reset,
+        Ack,
+        Nak,
+        ErrorReport,
+    )
+}
+
+
+def unpack_message(msg_type: int, payload: bytes) -> Message:
+    """Decode a payload by its type byte; unknown types are a `MessageError` too."""
+    cls = MESSAGE_TYPES.get(msg_type)
+    if cls is None:
+        raise MessageError(f"unknown message type {msg_type:#04x}")
+    return cls.unpack(payload)

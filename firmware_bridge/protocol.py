@@ -1,0 +1,135 @@
+"""Wire constants of the edgeadapt bridge protocol, version 1 (docs/bridge-protocol.md).
+
+Only numbers live here, so every other layer (and the C codec's generator) can import them
+without pulling in anything else. Changing any value is a protocol version bump.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+__all__ = [
+    "CRC_SIZE",
+    "DEFAULT_MAX_PAYLOAD",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_PROFILE_NAME",
+    "MIN_MAX_PAYLOAD",
+    "PROTOCOL_MAX_PAYLOAD",
+    "PROTOCOL_VERSION",
+    "Capability",
+    "ErrorCode",
+    "Flag",
+    "MsgType",
+    "NakReason",
+    "ResetKind",
+    "Target",
+    "max_encoded_size",
+]
+
+MAGIC = 0xEA  # first header byte; a cheap "is this ours at all" check before the CRC
+PROTOCOL_VERSION = 1  # second header byte; equal versions are required in v1
+HEADER_SIZE = 8  # magic u8, version u8, type u8, flags u8, seq u16, payload_len u16
+CRC_SIZE = 4  # CRC-32 (IEEE, as zlib.crc32) over header + payload, little-endian
+DEFAULT_MAX_PAYLOAD = 4096  # before HELLO, and the most a v1 peer may ever ask for
+PROTOCOL_MAX_PAYLOAD = 4096
+MIN_MAX_PAYLOAD = 64  # below this DEVICE_INFO and ERROR would not fit; HELLO rejects it
+MAX_PROFILE_NAME = 32  # bytes of UTF-8 in DEVICE_INFO
+
+
+def max_encoded_size(max_payload: int) -> int:
+    """Bytes a COBS-encoded frame of at most `max_payload` payload bytes may take (no delimiters).
+
+    COBS adds one byte, plus one per 254 bytes of data; receivers use this bound to drop an
+    oversize frame before buffering it.
+    """
+    raw = HEADER_SIZE + max_payload + CRC_SIZE
+    return raw + raw // 254 + 1
+
+
+class MsgType(IntEnum):
+    """Message type byte. Requests (host→device) have the top bit clear, replies set."""
+
+    HELLO = 0x01
+    UPLOAD_BEGIN = 0x02
+    UPLOAD_CHUNK = 0x03
+    UPLOAD_COMMIT = 0x04
+    INFER = 0x05
+    ADAPT = 0x06
+    STREAM_START = 0x07
+    STREAM_FRAME = 0x08
+    STREAM_STOP = 0x09
+    GET_ADAPTER = 0x0A
+    GET_STATS = 0x0B
+    RESET = 0x0C
+    DEVICE_INFO = 0x81
+    UPLOAD_STATUS = 0x82
+    INFER_RESULT = 0x85
+    ADAPT_RESULT = 0x86
+    STREAM_CREDIT = 0x87
+    STREAM_RESULT = 0x88
+    ADAPTER_CHUNK = 0x8A
+    STATS = 0x8B
+    ACK = 0xF0
+    NAK = 0xF1
+    ERROR = 0xFF
+
+
+class Flag(IntFlag):
+    """Header flag bits; unknown bits are sent as 0 and ignored on receipt."""
+
+    NONE = 0
+    RETRY = 0x01  # this frame repeats an earlier one with the same seq (informational)
+
+
+class Capability(IntFlag):
+    """What a device can do, reported in DEVICE_INFO (and what a host wants, in HELLO)."""
+
+    NONE = 0
+    UPLOAD = 0x01
+    INFER = 0x02
+    ADAPT = 0x04
+    STREAM = 0x08
+    ADAPTER_IO = 0x10  # GET_ADAPTER and UPLOAD with target ADAPTER
+
+
+class Target(IntEnum):
+    """What an UPLOAD writes: the ExecuTorch program, or the meta-network (adapter) weights."""
+
+    PROGRAM = 0
+    ADAPTER = 1
+
+
+class ResetKind(IntEnum):
+    """RESET argument."""
+
+    ADAPTER = 0  # adapter weights back to the ones last uploaded; the program stays
+    SESSION = 1  # drop staged uploads, streams and the retransmission cache
+    REBOOT = 2  # restart the firmware; the ACK is sent before rebooting
+
+
+class NakReason(IntEnum):
+    """Why a receiver could not read a frame (link level: the sender should just resend)."""
+
+    CRC = 1
+    FRAMING = 2  # COBS, magic or length field wrong
+    OVERSIZE = 3
+
+
+class ErrorCode(IntEnum):
+    """ERROR codes: the frame arrived intact but the request cannot be served; never retried."""
+
+    UNKNOWN_MESSAGE = 1
+    MALFORMED = 2
+    UNSUPPORTED_VERSION = 3
+    NOT_READY = 4  # no program (or no callable) to run
+    BUSY = 5
+    UPLOAD_NOT_STARTED = 6
+    UPLOAD_INCOMPLETE = 7
+    CRC_MISMATCH = 8
+    TOO_LARGE = 9
+    NO_CREDIT = 10
+    EXECUTION_FAILED = 11
+    BAD_ARGUMENT = 12
+    NO_ADAPTER = 13
+    INTERNAL = 14
