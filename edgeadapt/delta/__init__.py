@@ -1,0 +1,66 @@
+"""Temporal sparsity for streaming video: delta activations, exact delta inference.
+
+Yousefzadeh & Sifalakis 2021, "Training for temporal sparsity in deep neural networks,
+application in video processing" (arXiv 2107.07305).
+
+Training: `deltaify(model, example)` puts a learned quantiser (`DeltaActivation`) after every
+activation of a copy of the model; `forward_with_sparsity` / `temporal_sparsity_loss` give the
+MAC-weighted temporal delta penalty for clips laid out clip-major along the batch dim.
+
+Inference: `to_delta_runtime(deltaified)` turns it into a stateful frame-by-frame processor
+(`DeltaRuntime`) whose conv / linear layers compute only what changed, with outputs equal to
+the dense quantised model's; `time_delta_layers` measures what that buys on this machine.
+"""
+
+from __future__ import annotations
+
+from edgeadapt.delta.deltaify import DEFAULT_ACTIVATIONS, delta_activations, deltaify
+from edgeadapt.delta.errors import DeltaStateError, NotDeltaifiedError
+from edgeadapt.delta.layers import DeltaConv2d, DeltaLayer, DeltaLinear, MacCount
+from edgeadapt.delta.penalty import (
+    collect_delta_activations,
+    forward_with_sparsity,
+    temporal_sparsity_loss,
+)
+from edgeadapt.delta.quantize import DeltaActivation
+from edgeadapt.delta.runtime import DeltaRuntime, DeltaRuntimeConfig, to_delta_runtime
+from edgeadapt.delta.sparse_conv import (
+    PixelDelta,
+    conv2d_delta_,
+    pixel_delta,
+    sparse_conv2d,
+    write_pixels_,
+)
+from edgeadapt.delta.sparse_ops import conv2d_macs, linear_macs, sparse_linear, sparse_linear_
+from edgeadapt.delta.timing import TimingResult, time_delta_layer, time_delta_layers
+
+__all__ = [
+    "DEFAULT_ACTIVATIONS",
+    "DeltaActivation",
+    "DeltaConv2d",
+    "DeltaLayer",
+    "DeltaLinear",
+    "DeltaRuntime",
+    "DeltaRuntimeConfig",
+    "DeltaStateError",
+    "MacCount",
+    "NotDeltaifiedError",
+    "PixelDelta",
+    "TimingResult",
+    "collect_delta_activations",
+    "conv2d_delta_",
+    "conv2d_macs",
+    "delta_activations",
+    "deltaify",
+    "forward_with_sparsity",
+    "linear_macs",
+    "pixel_delta",
+    "sparse_conv2d",
+    "sparse_linear",
+    "sparse_linear_",
+    "temporal_sparsity_loss",
+    "time_delta_layer",
+    "time_delta_layers",
+    "to_delta_runtime",
+    "write_pixels_",
+]

@@ -1,0 +1,91 @@
+"""Sparse linear compute for temporal deltas, and the MAC counts dense vs. performed.
+
+Given a delta Δx that is mostly exact zeros, W·Δx needs only the changed input features: one
+(N, nnz) @ (nnz, out) matmul. Convolutions live in `sparse_conv`. The in-place versions
+(`..._`) accumulate into the caller's output and return the MACs performed; given `max_macs`
+they decline (return None) when the measured non-zero pattern makes sparse compute cost more
+than that, so a caller can fall back to a dense pass. Plain torch ops, no C extensions.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from edgeadapt.errors import InputError
+
+__all__ = [
+    "conv2d_macs",
+    "conv_out_size",
+    "linear_macs",
+    "pair",
+    "sparse_linear",
+    "sparse_linear_",
+]
+
+
+def pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    """(v, v) for an int, else the first two entries as ints (conv hyper-parameters)."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """Output length of a convolution along one axis."""
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def conv2d_macs(
+    in_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride=1, padding=0, dilation=1
+) -> int:
+    """Dense MACs of a conv2d: N · C_out · (C_in/groups) · kh · kw · H_out · W_out."""
+    n, _, h, w = in_shape
+    o, cg, kh, kw = weight_shape
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    return (
+        n * o * cg * kh * kw * conv_out_size(h, kh, sh, ph, dh) * conv_out_size(w, kw, sw, pw, dw)
+    )
+
+
+def linear_macs(in_shape: tuple[int, ...], out_features: int) -> int:
+    """Dense MACs of a linear layer: (elements / in_features) rows · in · out."""
+    numel = 1
+    for d in in_shape:
+        numel *= d
+    return numel * out_features
+
+
+def sparse_linear_(
+    y: Tensor,
+    x: Tensor,
+    weight_t: Tensor,
+    *,
+    x_prev: Tensor | None = None,
+    max_macs: int | None = None,
+) -> int | None:
+    """In place y += Δx · Wᵀ over only the input features that changed (in any row).
+
+    Δx = x - x_prev, or x itself when `x_prev` is None. `weight_t` is the weight transposed to
+    (in, out), contiguous, so the changed features are a contiguous row gather. Returns the
+    MACs performed, or None, leaving y untouched, if they would exceed `max_macs` (the caller
+    then does a dense pass instead).
+    """
+    n_in, n_out = weight_t.shape
+    if x.shape[-1] != n_in or y.shape[-1] != n_out or not y.is_contiguous():
+        raise InputError(
+            f"sparse_linear_ needs input (..., {n_in}) and a contiguous output (..., {n_out}); "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    rows = x.reshape(-1, n_in) if x_prev is None else (x - x_prev).reshape(-1, n_in)
+    cols = rows.ne(0).any(0).nonzero().squeeze(1)
+    macs = rows.shape[0] * cols.numel() * n_out
+    if max_macs is not None and macs > max_macs:
+        return None
+    if macs:
+        y.view(-1, n_out).addmm_(rows.index_select(1, cols), weight_t.index_select(0, cols))
+    return macs
+
+
+def sparse_linear(dx: Tensor, weight: Tensor) -> tuple[Tensor, int]:
+    """W·Δx for Δx of shape (..., in); returns (Δy, MACs performed)."""
+    y = dx.new_zeros(*dx.shape[:-1], weight.shape[0])
+    macs = sparse_linear_(y, dx, weight.t().contiguous())
+    return y, int(macs or 0)
