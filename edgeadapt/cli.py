@@ -54,6 +54,70 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_outputs(args: argparse.Namespace, results, table: str, title: str, extra: dict) -> None:
+    from edgeadapt.bench.report import plot_results
+
+    if args.json:
+        payload = {**extra, "results": [r.to_dict() for r in results], "table": table}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(f"{title}\n\n{table}\n")
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        print(f"wrote {plot_results(results, args.plot, title)}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgeadapt.bench.demo import run_demo
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results, table = run_demo(methods, severity=args.severity, progress=not args.quiet)
+    print(table)
+    _write_outputs(
+        args, results, table, "edgeadapt demo: digits, continual corruptions", {"demo": "digits"}
+    )
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgeadapt.bench.cifar import run_cifar10c
+    from edgeadapt.bench.report import markdown_table
+    from edgeadapt.data import CORRUPTIONS, EXTRA_CORRUPTIONS
+    from edgeadapt.models import create_model
+
+    if args.dataset != "cifar10-c":
+        raise EdgeAdaptError(f"unknown dataset {args.dataset!r}; supported: cifar10-c")
+    named = {"standard": list(CORRUPTIONS), "extra": list(EXTRA_CORRUPTIONS)}
+    corruptions = named.get(args.corruptions) or [
+        c.strip() for c in args.corruptions.split(",") if c.strip()
+    ]
+    model = create_model(args.model, checkpoint=args.checkpoint)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    overrides = json.loads(args.overrides) if args.overrides else None
+    results = run_cifar10c(
+        model, methods, corruptions=corruptions, protocol=args.protocol, rounds=args.rounds,
+        severity=args.severity, batch_size=args.batch, release_dir=args.data, clean_source=args.source,
+        n_images=args.n_images, warmup_steps=args.warmup_steps, overrides=overrides, seed=args.seed,
+        device=args.device, progress=not args.quiet,
+    )  # fmt: skip
+    table = markdown_table(results)
+    print(table)
+    title = (
+        f"{args.model}, CIFAR-10-C severity {args.severity}, {args.protocol}, batch {args.batch}"
+    )
+    _write_outputs(args, results, table, title, {"args": vars(args) | {"func": None}})
+    return 0
+
+
+def _add_outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", default=None, help="write results as JSON here")
+    p.add_argument("--markdown", default=None, help="write the table as Markdown here")
+    p.add_argument("--plot", default=None, help="write a PNG of the results here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeadapt", description="Test-time adaptation for edge devices."
@@ -90,6 +154,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.set_defaults(func=_cmd_memory)
+
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on scikit-learn's digits, no download (< 2 min)"
+    )
+    p.add_argument("--methods", default="source,norm,tent,ecotta")
+    p.add_argument("--severity", type=int, default=3)
+    _add_outputs(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="continual test-time adaptation benchmark (CIFAR-10-C)")
+    p.add_argument("--dataset", default="cifar10-c")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--methods", default=ALL_METHODS)
+    p.add_argument(
+        "--protocol", default="continual", choices=("continual", "reset", "long-term", "gradual")
+    )
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--severity", type=int, default=5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument(
+        "--corruptions",
+        default="standard",
+        help="'standard' (the 15), 'extra' (the 4 for tuning), or a list",
+    )
+    p.add_argument(
+        "--data", default=None, help="a CIFAR-10-C release folder (<corruption>.npy + labels.npy)"
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="clean CIFAR-10 (archive or folder) to corrupt; default: ../shared's JPEG set",
+    )
+    p.add_argument(
+        "--n-images", type=int, default=None, help="use the first N images of the stream order"
+    )
+    p.add_argument("--warmup-steps", type=int, default=500, help="EcoTTA source warm-up steps")
+    p.add_argument("--overrides", default=None, help='JSON, e.g. \'{"ecotta": {"lr": 0.01}}\'')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    _add_outputs(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -1,0 +1,100 @@
+"""Benchmark reports: a Markdown table and plots people can compare."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgeadapt.bench.runner import MethodResult
+
+__all__ = ["markdown_table", "plot_results"]
+
+_SHORT = {
+    "gaussian_noise": "gauss", "shot_noise": "shot", "impulse_noise": "impul", "defocus_blur": "defoc",
+    "glass_blur": "glass", "motion_blur": "motn", "zoom_blur": "zoom", "snow": "snow", "frost": "frost",
+    "fog": "fog", "brightness": "brit", "contrast": "contr", "elastic_transform": "elast",
+    "pixelate": "pixel", "jpeg_compression": "jpeg", "speckle_noise": "speck", "gaussian_blur": "gblur",
+    "spatter": "spatt", "saturate": "satur",
+}  # fmt: skip
+MIB = 1 << 20
+
+
+def _domains(result: MethodResult) -> list[str]:
+    """Column names; the severity is added where it varies (gradual protocol)."""
+    first = result.rounds()[0]
+    varies = len({s.severity for s in first}) > 1
+    return [
+        _SHORT.get(s.corruption, s.corruption) + (str(s.severity) if varies else "") for s in first
+    ]
+
+
+def markdown_table(results: Sequence[MethodResult]) -> str:
+    """Per-domain error (%) of the first round, mean over all rounds, memory and speed."""
+    if not results:
+        return ""
+    domains = _domains(results[0])
+    multi = len(results[0].rounds()) > 1
+    head = ["method", *domains, "mean", *(["last round"] if multi else []), "adapt MiB", "img/s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in results:
+        first = [f"{s.error:.1f}" for s in r.rounds()[0]]
+        last = [f"{np.mean([s.error for s in r.rounds()[-1]]):.1f}"] if multi else []
+        mem = r.memory.get("adaptation", 0) / MIB
+        row = [
+            r.method,
+            *first,
+            f"**{r.mean_error:.1f}**",
+            *last,
+            f"{mem:.1f}",
+            f"{r.images_per_second:.0f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(results: Sequence[MethodResult], path: str | Path, title: str = "") -> Path:
+    """Three panels: per-domain error, mean error against adaptation memory, error by round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    domains = _domains(results[0])
+    for r in results:
+        axes[0].plot(
+            range(len(domains)), [s.error for s in r.rounds()[0]], marker="o", label=r.method
+        )
+        axes[1].scatter(r.memory.get("adaptation", 0) / MIB, r.mean_error, s=60)
+        axes[1].annotate(
+            r.method,
+            (r.memory.get("adaptation", 0) / MIB, r.mean_error),
+            textcoords="offset points",
+            xytext=(5, 4),
+        )
+        axes[2].plot(
+            range(1, len(r.rounds()) + 1),
+            [np.mean([s.error for s in rd]) for rd in r.rounds()],
+            marker="o",
+            label=r.method,
+        )
+    axes[0].set_xticks(range(len(domains)), domains, rotation=60)
+    axes[0].set_ylabel("top-1 error (%)")
+    axes[0].set_title("error per domain (round 1)")
+    axes[0].legend(fontsize=8)
+    axes[1].set_xlabel("adaptation memory per step (MiB)")
+    axes[1].set_ylabel("mean error (%)")
+    axes[1].set_title("error against memory")
+    axes[2].set_xlabel("round")
+    axes[2].set_ylabel("mean error (%)")
+    axes[2].set_title("error over rounds")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,157 @@
+"""Run adapters over a stream of domains and count errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeadapt.bench.protocols import Segment
+from edgeadapt.bench.sources import DomainSource
+
+__all__ = ["MethodResult", "SegmentResult", "run_benchmark", "run_stream"]
+
+
+@dataclass
+class SegmentResult:
+    corruption: str
+    severity: int
+    round: int
+    errors: int
+    images: int
+    seconds: float
+
+    @property
+    def error(self) -> float:
+        """Top-1 error in percent."""
+        return 100.0 * self.errors / max(self.images, 1)
+
+
+@dataclass
+class MethodResult:
+    method: str
+    segments: list[SegmentResult] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)  # StepMemory.to_dict() of one step
+    setup_seconds: float = 0.0  # warm-up / Fisher estimation before the stream
+
+    @property
+    def mean_error(self) -> float:
+        return float(np.mean([s.error for s in self.segments]))
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.segments)
+
+    @property
+    def images_per_second(self) -> float:
+        return sum(s.images for s in self.segments) / max(self.seconds, 1e-9)
+
+    def rounds(self) -> list[list[SegmentResult]]:
+        out: dict[int, list[SegmentResult]] = {}
+        for s in self.segments:
+            out.setdefault(s.round, []).append(s)
+        return [out[r] for r in sorted(out)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "mean_error": self.mean_error,
+            "mean_error_by_round": [float(np.mean([s.error for s in r])) for r in self.rounds()],
+            "seconds": self.seconds,
+            "images_per_second": self.images_per_second,
+            "setup_seconds": self.setup_seconds,
+            "memory": self.memory,
+            "segments": [{**asdict(s), "error": s.error} for s in self.segments],
+        }
+
+
+def run_stream(
+    adapter: nn.Module,
+    segments: Sequence[Segment],
+    source: DomainSource,
+    *,
+    order: np.ndarray,
+    batch_size: int,
+    to_batch: Callable[[np.ndarray], torch.Tensor],
+    device: str = "cpu",
+    progress: bool = True,
+    desc: str = "",
+) -> list[SegmentResult]:
+    """Feed every segment's images, in `order`, batch by batch; the adapter predicts and adapts."""
+    from tqdm.auto import tqdm
+
+    total = len(segments) * ((len(order) + batch_size - 1) // batch_size)
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="batch")
+    results = []
+    for seg in segments:
+        if seg.reset_before:
+            adapter.reset()
+        images, labels = source.get(seg.corruption, seg.severity)
+        errors, start = 0, time.perf_counter()
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            logits = adapter(to_batch(images[idx]).to(device))
+            errors += int((logits.argmax(1).cpu().numpy() != labels[idx]).sum())
+            bar.update(1)
+        results.append(
+            SegmentResult(
+                seg.corruption,
+                seg.severity,
+                seg.round,
+                errors,
+                len(order),
+                time.perf_counter() - start,
+            )
+        )
+        bar.set_postfix(last=f"{seg.corruption}-{seg.severity}: {results[-1].error:.1f}%")
+    bar.close()
+    return results
+
+
+def run_benchmark(
+    model: nn.Module,
+    methods: Sequence[str],
+    segments: Sequence[Segment],
+    source: DomainSource,
+    *,
+    order: np.ndarray,
+    batch_size: int,
+    to_batch: Callable[[np.ndarray], torch.Tensor],
+    overrides: dict[str, dict[str, Any]] | None = None,
+    warmup: Callable[[nn.Module], None] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[MethodResult]:
+    """Every method over the same stream. `warmup(adapter)` prepares an adapter before its
+    stream (EcoTTA's source warm-up, EATA's Fisher); its time is reported apart."""
+    from edgeadapt.api import config_for, wrap
+    from edgeadapt.memory import measure_step_memory
+
+    first, _ = source.get(segments[0].corruption, segments[0].severity)
+    example = to_batch(first[order[:2]])
+    results = []
+    for method in methods:
+        fields = {"small_batch": "predict", **(overrides or {}).get(method, {})}
+        adapter = wrap(model, config_for(method, **fields), example_input=example)
+        start = time.perf_counter()
+        if warmup is not None:
+            warmup(adapter)
+        setup = time.perf_counter() - start
+        memory = measure_step_memory(adapter, (batch_size, *example.shape[1:])).to_dict()
+        adapter.to(device)
+        segs = run_stream(
+            adapter, segments, source, order=order, batch_size=batch_size, to_batch=to_batch,
+            device=device, progress=progress, desc=method,
+        )  # fmt: skip
+        result = MethodResult(method, segs, memory, setup)
+        log(
+            f"{method:8s} mean error {result.mean_error:5.1f}%  ({result.images_per_second:.0f} img/s)"
+        )
+        results.append(result)
+    return results

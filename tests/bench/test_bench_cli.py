@@ -1,0 +1,42 @@
+"""The bench and demo commands end to end (bench on ../shared's JPEG CIFAR-10 when present)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeadapt._paths import shared_dir
+from edgeadapt.cli import build_parser, main
+
+ARCHIVE = shared_dir() / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+CHECKPOINT = shared_dir() / "models" / "resnet20_cifar10jpeg.pt"
+
+
+def test_parsers_build():
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).methods == "source,norm,tent,ecotta"
+    args = parser.parse_args(["bench", "--protocol", "gradual", "--batch", "32"])
+    assert args.protocol == "gradual" and args.batch == 32
+
+
+@pytest.mark.skipif(
+    not ARCHIVE.exists() or not CHECKPOINT.exists(),
+    reason=f"shared CIFAR-10 data absent at {ARCHIVE}",
+)
+def test_bench_on_shared_data(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main([
+        "bench", "--checkpoint", str(CHECKPOINT), "--methods", "source,norm", "--corruptions", "speckle_noise,saturate",
+        "--n-images", "128", "--warmup-steps", "0", "--quiet", "--json", str(out), "--markdown", str(tmp_path / "r.md"),
+    ])  # fmt: skip
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in rows] == ["source", "norm"]
+    assert rows[0]["segments"][0]["images"] == 128
+    assert "| norm |" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_dataset(capsys):
+    assert main(["bench", "--dataset", "imagenet-c"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
