@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     _add_outputs(p)
     p.set_defaults(func=_cmd_bench)
+
+    from edgeadapt.export.command import register as register_export
+
+    register_export(sub)
     return parser
 
 

@@ -1,8 +1,59 @@
-"""edgeadapt.export: ONNX and ExecuTorch programs for memory-bounded targets.
+"""edgeadapt.export: verified ONNX / ExecuTorch programs for memory-bounded targets.
 
-Inference export, the adaptation step as an ExecuTorch training program, int8 frozen
-backbones and device-profile fit checks are being built here (see the project's export
-issue); nothing is exported yet.
+- `to_onnx`, `to_executorch`: an adapter's (or a plain model's) prediction, run by the
+  target runtime against eager before it is written; `ExportReport` says what came out.
+- `to_executorch_int8`: int8 frozen backbone (PT2E + XNNPACK), fp32 meta networks.
+- `to_training_program` / `TrainingRunner`: one EcoTTA or Tent adaptation step as an
+  ExecuTorch training program, stepped with ExecuTorch's SGD.
+- `load_profile`, `list_profiles`, `check_fit`: device profiles (`devices/*.toml`) and
+  whether a program's memory plan fits them.
+
+executorch, onnx and onnxruntime are imported only inside the functions that use them.
 """
 
-__all__: list[str] = []
+from edgeadapt.export.api import ExportRequest, export_program
+from edgeadapt.export.devices import DeviceProfile, MemoryBank, list_profiles, load_profile
+from edgeadapt.export.errors import (
+    DeviceProfileError,
+    DoesNotFitError,
+    ExportError,
+    ProgramFileError,
+    UnknownDeviceError,
+    UnsupportedExportError,
+    VerificationError,
+)
+from edgeadapt.export.executorch_program import ExecuTorchRunner, to_executorch
+from edgeadapt.export.fit import FitResult, check_fit, require_fit
+from edgeadapt.export.graph import inference_module
+from edgeadapt.export.onnx_program import OnnxRunner, to_onnx
+from edgeadapt.export.quantize import to_executorch_int8
+from edgeadapt.export.report import ExportReport
+from edgeadapt.export.training import TrainingRunner, to_training_program
+
+__all__ = [
+    "DeviceProfile",
+    "DeviceProfileError",
+    "DoesNotFitError",
+    "ExecuTorchRunner",
+    "ExportError",
+    "ExportReport",
+    "ExportRequest",
+    "FitResult",
+    "MemoryBank",
+    "OnnxRunner",
+    "ProgramFileError",
+    "TrainingRunner",
+    "UnknownDeviceError",
+    "UnsupportedExportError",
+    "VerificationError",
+    "check_fit",
+    "export_program",
+    "inference_module",
+    "list_profiles",
+    "load_profile",
+    "require_fit",
+    "to_executorch",
+    "to_executorch_int8",
+    "to_onnx",
+    "to_training_program",
+]

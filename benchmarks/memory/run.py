@@ -27,8 +27,14 @@ VARIANTS = [
     ("eata", "eata", {}),
     ("cotta", "cotta", {}),
     ("ecotta", "ecotta", {}),
+    ("ecotta (frozen_bn=eval)", "ecotta", {"frozen_bn": "eval"}),
     ("ecotta (no recompute)", "ecotta", {"recompute": False}),
-    ("ecotta (no lean, no recompute)", "ecotta", {"lean": False, "recompute": False}),
+    ("ecotta (frozen_bn=eval, no recompute)", "ecotta", {"frozen_bn": "eval", "recompute": False}),
+    (
+        "ecotta (frozen_bn=eval, no lean, no recompute)",
+        "ecotta",
+        {"frozen_bn": "eval", "lean": False, "recompute": False},
+    ),
 ]
 
 

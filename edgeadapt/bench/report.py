@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeadapt.bench.runner import MethodResult
+from edgeadapt.bench.runner import MethodResult, SegmentResult
 
-__all__ = ["markdown_table", "plot_results"]
+__all__ = ["markdown_table", "plot_results", "results_from_json"]
 
 _SHORT = {
     "gaussian_noise": "gauss", "shot_noise": "shot", "impulse_noise": "impul", "defocus_blur": "defoc",
@@ -88,6 +88,7 @@ def plot_results(results: Sequence[MethodResult], path: str | Path, title: str =
     axes[1].set_xlabel("adaptation memory per step (MiB)")
     axes[1].set_ylabel("mean error (%)")
     axes[1].set_title("error against memory")
+    axes[2].set_xticks(range(1, max(len(r.rounds()) for r in results) + 1))
     axes[2].set_xlabel("round")
     axes[2].set_ylabel("mean error (%)")
     axes[2].set_title("error over rounds")
@@ -98,3 +99,15 @@ def plot_results(results: Sequence[MethodResult], path: str | Path, title: str =
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def results_from_json(payload: dict) -> list[MethodResult]:
+    """Rebuild results from what `edgeadapt bench --json` wrote (to re-plot or merge runs)."""
+    out = []
+    for r in payload["results"]:
+        segments = [
+            SegmentResult(s["corruption"], s["severity"], s["round"], s["errors"], s["images"], s["seconds"])
+            for s in r["segments"]
+        ]
+        out.append(MethodResult(r["method"], segments, r["memory"], r.get("setup_seconds", 0.0)))
+    return out

@@ -139,12 +139,12 @@ def run_benchmark(
     for method in methods:
         fields = {"small_batch": "predict", **(overrides or {}).get(method, {})}
         adapter = wrap(model, config_for(method, **fields), example_input=example)
+        memory = measure_step_memory(adapter, (batch_size, *example.shape[1:])).to_dict()
+        adapter.to(device)
         start = time.perf_counter()
         if warmup is not None:
             warmup(adapter)
         setup = time.perf_counter() - start
-        memory = measure_step_memory(adapter, (batch_size, *example.shape[1:])).to_dict()
-        adapter.to(device)
         segs = run_stream(
             adapter, segments, source, order=order, batch_size=batch_size, to_batch=to_batch,
             device=device, progress=progress, desc=method,

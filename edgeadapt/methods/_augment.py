@@ -12,8 +12,11 @@ from torch import Tensor
 __all__ = ["augment"]
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
-    return torch.rand(n, generator=gen) * (hi - lo) + lo
+def _uniform(
+    n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device | None = None
+) -> Tensor:
+    # Drawn on the generator's device (CPU), then moved: the same numbers on any device.
+    return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(device)
 
 
 def augment(x: Tensor, gen: torch.Generator) -> Tensor:
@@ -21,19 +24,22 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
     with gamma, affine ±15°/±1/16/0.9–1.1, a light blur, horizontal flip, Gaussian noise)."""
     n, c = x.shape[:2]
     shape = (n, 1, 1, 1)
-    out = x * _uniform(n, 0.6, 1.4, gen).view(shape)  # brightness
+    dev = x.device
+    out = x * _uniform(n, 0.6, 1.4, gen, dev).view(shape)  # brightness
     gray = out.mean(dim=1, keepdim=True) if c == 3 else out
-    out = (out - gray.mean(dim=(2, 3), keepdim=True)) * _uniform(n, 0.7, 1.3, gen).view(
+    out = (out - gray.mean(dim=(2, 3), keepdim=True)) * _uniform(n, 0.7, 1.3, gen, dev).view(
         shape
     ) + gray.mean(dim=(2, 3), keepdim=True)  # contrast
     if c == 3:
         gray = out.mean(dim=1, keepdim=True)
-        out = gray + (out - gray) * _uniform(n, 0.5, 1.5, gen).view(shape)  # saturation
-    out = out.clamp(1e-6, 1.0) ** _uniform(n, 0.7, 1.3, gen).view(shape)  # gamma
+        out = gray + (out - gray) * _uniform(n, 0.5, 1.5, gen, dev).view(shape)  # saturation
+    out = out.clamp(1e-6, 1.0) ** _uniform(n, 0.7, 1.3, gen, dev).view(shape)  # gamma
 
-    angle = _uniform(n, -15, 15, gen) * math.pi / 180
-    scale = _uniform(n, 0.9, 1.1, gen)
-    shift = _uniform(2 * n, -1 / 8, 1 / 8, gen).view(n, 2)  # ±1/16 of the image = ±1/8 in [-1, 1]
+    angle = _uniform(n, -15, 15, gen, dev) * math.pi / 180
+    scale = _uniform(n, 0.9, 1.1, gen, dev)
+    shift = _uniform(2 * n, -1 / 8, 1 / 8, gen, dev).view(
+        n, 2
+    )  # ±1/16 of the image = ±1/8 in [-1, 1]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
@@ -42,7 +48,7 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
     out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     sigma = float(_uniform(1, 0.001, 0.25, gen))
-    k = torch.arange(-2, 3, dtype=x.dtype)
+    k = torch.arange(-2, 3, dtype=x.dtype, device=dev)
     kernel = torch.exp(-(k**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     out = F.conv2d(
@@ -56,7 +62,7 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
         groups=c,
     )
 
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
     out = torch.where(flip.view(shape), out.flip(3), out)
-    out = out + torch.randn(out.shape, generator=gen, dtype=x.dtype) * 0.005
+    out = out + torch.randn(out.shape, generator=gen, dtype=x.dtype).to(dev) * 0.005
     return out.clamp(0, 1)

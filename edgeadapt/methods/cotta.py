@@ -84,7 +84,9 @@ class CoTTAAdapter(Adapter):
             t.lerp_(s, 1 - c.teacher_momentum)
         if c.restore_prob > 0:
             for s, a in zip(self.model.parameters(), self.anchor.parameters()):
-                restore = torch.rand(s.shape, generator=self.generator) < c.restore_prob
+                restore = (torch.rand(s.shape, generator=self.generator) < c.restore_prob).to(
+                    s.device
+                )
                 s.copy_(torch.where(restore, a, s))
 
 

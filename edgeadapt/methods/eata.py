@@ -98,6 +98,7 @@ class EATAAdapter(Adapter):
             if max_batches is not None and i >= max_batches:
                 break
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = x.to(params[0].device)
             self._validate(x)
             with torch.enable_grad():
                 logits = self.model(x)

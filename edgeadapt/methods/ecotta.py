@@ -121,11 +121,13 @@ class EcoTTAAdapter(Adapter):
         )
         bar = tqdm(total=total, desc="EcoTTA warm-up", disable=not progress, leave=False)
         step, last = 0, {"loss": float("nan"), "accuracy": float("nan")}
+        device = next(self.parameters()).device
         with torch.enable_grad():
             for _ in range(epochs):
                 for x, y in batches:
                     if step >= total:
                         break
+                    x, y = x.to(device), y.to(device)
                     self._validate(x)
                     logits, reg = self._forward_with_parts(x)
                     loss = F.cross_entropy(logits, y) + self.config.reg_weight * reg
@@ -159,9 +161,10 @@ class EcoTTAAdapter(Adapter):
                 p.adapter_bn.eval()
                 p.adapter_bn.reset_running_stats()
                 p.adapter_bn.reset_parameters()
+            device = next(self.parameters()).device
             for x, _ in batches:
                 self._validate(x)
-                self.model(x)
+                self.model(x.to(device))
         finally:
             for h in handles:
                 h.remove()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from edgeadapt.firmware_bridge import BridgeClient, FakeDevice, null_modem_pair
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from edgeadapt.firmware_bridge import CrcError, Target, cobs
 from edgeadapt.firmware_bridge import messages as m
 

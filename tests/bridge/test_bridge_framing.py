@@ -6,6 +6,7 @@ import random
 import zlib
 
 import pytest
+
 from edgeadapt.firmware_bridge import cobs
 from edgeadapt.firmware_bridge.errors import CrcError, FramingError, OversizeFrameError
 from edgeadapt.firmware_bridge.framing import Frame, FrameDecoder, decode_frame, encode_frame

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from edgeadapt.firmware_bridge.errors import FramingError, MessageError
 from edgeadapt.firmware_bridge.framing import Frame, FrameDecoder, decode_frame, encode_frame
 from edgeadapt.firmware_bridge.messages import MESSAGE_TYPES, unpack_message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from edgeadapt.firmware_bridge import messages as m
 from edgeadapt.firmware_bridge.errors import MessageError
 from edgeadapt.firmware_bridge.protocol import MsgType

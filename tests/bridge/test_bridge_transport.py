@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 from edgeadapt.firmware_bridge import (
     BridgeClient,
     BridgeTimeoutError,

@@ -6,6 +6,7 @@ import random
 import zlib
 
 import pytest
+
 from edgeadapt.firmware_bridge import BridgeTimeoutError, DeviceError, ErrorCode, Target
 from edgeadapt.firmware_bridge import messages as m
 

@@ -6,6 +6,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from edgeadapt.firmware_bridge import cobs
 from edgeadapt.firmware_bridge.errors import FramingError
 from edgeadapt.firmware_bridge.framing import Frame, FrameDecoder, decode_frame, encode_frame

@@ -1,0 +1,127 @@
+"""The graphs that get exported: an adapter's prediction, written with plain tensor ops.
+
+Two things in the SDK's eager graphs do not export: the memory-lean frozen ops and EcoTTA's
+recompute are custom autograd Functions, and a BN on batch statistics lowers to a train-mode
+op (`_native_batch_norm_legit_functional`) that ExecuTorch cannot run. So export works on a
+copy of the adapter's network with the lean layers turned back into ordinary ones, recompute
+off, and every BN that normalises with batch statistics replaced by `PlainBatchNorm2d`, the
+same arithmetic as mean/var/rsqrt ops. The caller's model and adapter are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["PlainBatchNorm2d", "Statistics", "inference_module", "plain_copy", "replace_batchnorms"]
+
+# "adapter": each BN normalises as the adapter predicts (BNs the adapter runs on batch
+# statistics use the statistics of the exported program's input batch); "running": every BN
+# uses its stored running statistics (works for a batch of one).
+Statistics = Literal["adapter", "running"]
+
+
+class PlainBatchNorm2d(nn.Module):
+    """BatchNorm2d as plain tensor ops, on batch statistics or on the stored running ones.
+
+    It holds the original BN's own `weight`/`bias` parameters (same names, same objects), so a
+    training program's parameter names match the adapter's. Running statistics are not updated:
+    a program has no place to keep them that the runtime would write back.
+    """
+
+    def __init__(self, bn: _BatchNorm, *, batch_statistics: bool) -> None:
+        super().__init__()
+        self.eps = float(bn.eps)
+        self.batch_statistics = batch_statistics
+        self.weight = bn.weight
+        self.bias = bn.bias
+        if not batch_statistics:
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError("a BN without running statistics can only use batch statistics")
+            self.register_buffer("running_mean", bn.running_mean.detach().clone())
+            self.register_buffer("running_var", bn.running_var.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.batch_statistics:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            centred = x - mean
+            # Biased variance, as BN normalises with; (c * c) rather than pow keeps the op set
+            # to what every ExecuTorch kernel library has.
+            var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
+            y = centred * torch.rsqrt(var + self.eps)
+        else:
+            scale = torch.rsqrt(self.running_var + self.eps).view(1, -1, 1, 1)
+            y = (x - self.running_mean.view(1, -1, 1, 1)) * scale
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+def _unlean(net: nn.Module) -> None:
+    """Turn the lean twins back into the layers they subclass (same weights and names)."""
+    from edgeadapt.modules.lean import LeanBatchNorm2d, LeanConv2d, LeanReLU, LeanReLU6
+    from edgeadapt.modules.meta import MetaPart
+
+    back = {
+        LeanConv2d: nn.Conv2d,
+        LeanBatchNorm2d: nn.BatchNorm2d,
+        LeanReLU: nn.ReLU,
+        LeanReLU6: nn.ReLU6,
+    }
+    for m in net.modules():
+        if type(m) in back:
+            m.__class__ = back[type(m)]
+        if isinstance(m, MetaPart):
+            m.recompute = False
+
+
+def replace_batchnorms(net: nn.Module, *, which: Literal["batch", "all"]) -> int:
+    """Replace, in place, the 2-d BNs in training mode ("batch") or every 2-d BN ("all") by
+    `PlainBatchNorm2d`, on batch statistics where the BN was in training mode. Returns how
+    many were replaced."""
+    count = 0
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d) and (which == "all" or child.training):
+                setattr(parent, name, PlainBatchNorm2d(child, batch_statistics=child.training))
+                count += 1
+    return count
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A copy of an adapter's network (or of a plain model) without lean ops or recompute."""
+    from edgeadapt.methods.base import Adapter
+
+    net = copy.deepcopy(model.model if isinstance(model, Adapter) else model)
+    _unlean(net)
+    return net
+
+
+def inference_module(
+    model: nn.Module, statistics: Statistics = "adapter"
+) -> tuple[nn.Module, bool]:
+    """The prediction graph of `model` (a plain model or an Adapter) as an exportable module,
+    and whether it normalises with batch statistics (then it needs batches of 2 or more).
+
+    A plain model is exported in eval mode (its BNs on running statistics). An adapter is
+    exported with its current weights; with `statistics="adapter"` its BNs normalise exactly
+    as `adapter.frozen()` predicts (Tent's BNs and EcoTTA's meta BNs on the batch's statistics,
+    EcoTTA's frozen BNs on the source statistics unless `frozen_bn="batch"`); with "running"
+    every BN uses its running statistics (EcoTTA's meta BNs track them while adapting; Tent's
+    BNs keep the source ones).
+    """
+    from edgeadapt.methods.base import Adapter
+
+    if statistics not in ("adapter", "running"):
+        raise ValueError(f"statistics must be 'adapter' or 'running', got {statistics!r}")
+    net = plain_copy(model)
+    net.requires_grad_(False)
+    if not isinstance(model, Adapter) or statistics == "running":
+        net.eval()
+    batch = replace_batchnorms(net, which="batch") > 0
+    net.eval()
+    return net, batch

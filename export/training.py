@@ -1,0 +1,199 @@
+"""The adaptation step as an ExecuTorch training program, and a host-side runner for it.
+
+The program is the method's loss graph (`training_graph`) with its backward added by
+`torch.export.experimental._export_forward_backward`; it returns (loss, logits, kept,
+gradients..., parameters...). It runs on the portable kernels only: a delegate (XNNPACK)
+would take the trainable ops in as constants and silently freeze them. `TrainingRunner`
+steps it with ExecuTorch's own SGD (`executorch.extension.training.get_sgd_optimizer`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from edgeadapt.export._files import atomic_write_bytes, read_program_bytes
+from edgeadapt.export.errors import (
+    ExportError,
+    ProgramFileError,
+    UnsupportedExportError,
+    VerificationError,
+)
+from edgeadapt.export.report import ExportReport
+
+__all__ = ["TrainingRunner", "to_training_program", "training_step_module"]
+
+PREFIX = "model."  # the step modules hold the network as `.model`, like the adapter
+
+
+def training_step_module(adapter) -> nn.Module:
+    """The plain-op loss graph of an EcoTTA or Tent adapter (x -> loss, logits, kept)."""
+    from edgeadapt.export.training_graph import EcoTTAStep, TentStep
+
+    method = getattr(getattr(adapter, "config", None), "method", None)
+    if method == "ecotta":
+        return EcoTTAStep(adapter)
+    if method == "tent":
+        return TentStep(adapter)
+    raise UnsupportedExportError(
+        f"training programs exist for 'ecotta' and 'tent'; got {method!r}. Export its "
+        "prediction with program='infer' instead"
+    )
+
+
+def to_training_program(
+    adapter,
+    example: Tensor,
+    path: str | os.PathLike[str],
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-2,
+) -> ExportReport:
+    """Export one adaptation step of `adapter` for batches shaped like `example`.
+
+    Verified before writing: the program's loss, logits and gradients on `example` against
+    eager autograd on the same graph; `max_abs_error` is the largest difference of the three.
+    """
+    from executorch.exir import to_edge
+    from torch.export.experimental import _export_forward_backward
+
+    from edgeadapt.export.executorch_program import capture, program_memory
+
+    step = training_step_module(adapter)
+    example = example.detach()
+    try:
+        exported = _export_forward_backward(capture(step, example))
+        data = to_edge(exported).to_executorch().buffer
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"building the training program failed ({type(exc).__name__}: {exc})"
+        ) from exc
+    trainable = {_strip(n): p for n, p in step.named_parameters() if p.requires_grad}
+    loss, logits, _ = step(example)
+    grads = dict(zip(trainable, torch.autograd.grad(loss, list(trainable.values()))))
+    runner = TrainingRunner.from_bytes(data, lr=0.0, name=str(path))
+    got_loss, got_logits, _ = runner.forward_backward(example)
+    got_grads = runner.gradients()
+    if set(got_grads) != set(grads):
+        raise VerificationError(
+            f"the program trains {sorted(got_grads)}, eager trains {sorted(grads)}; not written"
+        )
+    names = ["loss", "logits", *(f"grad {k}" for k in grads)]
+    pairs = [(got_loss, loss.detach()), (got_logits, logits)]
+    pairs += [(got_grads[k], g) for k, g in grads.items()]
+    # Each tensor within atol + rtol·scale, scale = max|eager| of the loss, of the logits, and
+    # of all gradients together: a BN bias gradient is a sum of many cancelling terms, so its
+    # error follows the gradients' overall size, not its own (ResNet-20 Tent: 1e-3 on a 0.1
+    # gradient when the largest is 0.3).
+    errors = [float((got - ref).abs().max()) for got, ref in pairs]
+    grad_scale = max((float(g.abs().max()) for g in grads.values()), default=0.0)
+    scales = [float(loss.detach().abs()), float(logits.abs().max())] + [grad_scale] * len(grads)
+    ratios = [e / (atol + rtol * sc) for e, sc in zip(errors, scales)]
+    worst = max(range(len(ratios)), key=ratios.__getitem__)
+    if not ratios[worst] <= 1.0:
+        raise VerificationError(
+            f"the training program's {names[worst]} differs from eager by {errors[worst]:.3g} "
+            f"(beyond atol {atol:g} + rtol {rtol:g}·max|eager|); not written"
+        )
+    arenas, constants = program_memory(data)
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    return ExportReport(
+        path=path,
+        format="executorch",
+        program="adapt",
+        backend="portable",
+        file_bytes=len(data),
+        max_abs_error=max(errors),
+        input_shape=tuple(example.shape),
+        batch_statistics=True,
+        arena_bytes=arenas,
+        constant_bytes=constants,
+        notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",),
+    )
+
+
+class TrainingRunner:
+    """Loads a training program and steps it with ExecuTorch's SGD, as a device would."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self._init(read_program_bytes(path, "ExecuTorch"), str(path), lr, momentum, weight_decay)
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, lr: float, momentum: float = 0.0, name: str = "<bytes>"
+    ) -> TrainingRunner:
+        runner = cls.__new__(cls)
+        runner._init(data, name, lr, momentum, 0.0)
+        return runner
+
+    def _init(self, data: bytes, name: str, lr: float, momentum: float, wd: float) -> None:
+        from executorch.extension.training import _load_for_executorch_for_training_from_buffer
+
+        if len(data) < 8 or data[4:6] != b"ET":
+            raise ProgramFileError(f"{name} is not an ExecuTorch program (no 'ET' identifier)")
+        self._data = data  # the runtime reads the buffer in place: keep it alive
+        try:
+            self.module = _load_for_executorch_for_training_from_buffer(data)
+            # Loading is lazy; running the small metadata method makes the runtime parse the
+            # program now, so a damaged file fails here and not mid-stream.
+            self.module.model.run_method("__et_training_fqn_forward", ())
+        except Exception as exc:
+            raise ProgramFileError(
+                f"{name} could not be loaded by the ExecuTorch runtime ({type(exc).__name__}: "
+                f"{exc}); it may be truncated or corrupted: re-export it"
+            ) from exc
+        self.name, self.hyper = name, (lr, momentum, wd)
+        self.optimizer = None  # made on the first step: parameters appear after one run
+
+    def forward_backward(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
+        """(loss, logits, kept samples) and the gradients, without updating."""
+        try:
+            out = self.module.forward_backward("forward", (x.detach().contiguous(),))
+        except Exception as exc:
+            raise ProgramFileError(
+                f"{self.name} failed to run ({type(exc).__name__}: {exc}); was it exported for "
+                f"inputs shaped {tuple(x.shape)}?"
+            ) from exc
+        return out[0], out[1], int(out[2])
+
+    def step(self, x: Tensor) -> tuple[Tensor, float, int]:
+        """One adaptation step: (logits before the update, loss, kept). Like the eager
+        adapter, no update is applied when no sample was kept."""
+        from executorch.extension.training import get_sgd_optimizer
+
+        loss, logits, kept = self.forward_backward(x)
+        if not torch.isfinite(loss):
+            raise VerificationError(f"the program's loss is {float(loss)}; the step was skipped")
+        if self.optimizer is None:
+            lr, momentum, wd = self.hyper
+            self.optimizer = get_sgd_optimizer(
+                self.module.named_parameters(), lr, momentum, 0, wd, False
+            )
+        if kept > 0:
+            self.optimizer.step(self.module.named_gradients())
+        return logits, float(loss), kept
+
+    def gradients(self) -> dict[str, Tensor]:
+        return {_strip(k): v.clone() for k, v in self.module.named_gradients().items()}
+
+    def parameters(self) -> dict[str, Tensor]:
+        """The trainable tensors, named as in `adapter.model` (the program's own memory:
+        copies)."""
+        return {_strip(k): v.clone() for k, v in self.module.named_parameters().items()}
+
+
+def _strip(name: str) -> str:
+    return name[len(PREFIX) :] if name.startswith(PREFIX) else name

@@ -1,0 +1,125 @@
+"""The adaptation step as a graph with its loss inside, ready for ExecuTorch's training flow.
+
+ExecuTorch trains a program whose first output is the loss: `_export_forward_backward` adds
+the backward graph and makes the gradients and trainable parameters extra outputs. These
+modules compute the same loss as the eager methods with plain tensor ops only (no lean
+autograd Functions, no train-mode BN op, no data-dependent shapes).
+
+Differences from eager, on purpose:
+- EcoTTA keeps samples with entropy < margin·ln C by a 0/1 mask instead of boolean indexing
+  (a data-dependent shape). When no sample passes, eager skips the update; the program
+  returns `kept = 0` and the runner skips the optimiser step, so both agree.
+- Running statistics are not updated (eager's meta BNs track them only for the source-
+  statistics fallback; predictions on batch statistics do not read them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from edgeadapt.export.graph import plain_copy, replace_batchnorms
+
+__all__ = ["EcoTTAStep", "TentStep"]
+
+
+def _pad_by_concat(net: nn.Module) -> None:
+    """Option-A shortcuts pad channels with F.pad, whose backward is a pad with negative
+    widths, which ExecuTorch's portable `constant_pad_nd` refuses ("Padding values must be
+    non-negative"). Concatenating zeros computes the same and its backward is a slice."""
+    from edgeadapt.models.cifar_resnet import PadShortcut
+
+    for m in net.modules():
+        if type(m) is PadShortcut:
+            m.__class__ = _ConcatPadShortcut
+
+
+def _make_concat_pad():
+    from edgeadapt.models.cifar_resnet import PadShortcut
+
+    class ConcatPadShortcut(PadShortcut):
+        def forward(self, x: Tensor) -> Tensor:
+            x = x[:, :, :: self.stride, :: self.stride]
+            n, _, h, w = x.shape
+            front = x.new_zeros((n, self.pad_front, h, w))
+            back = x.new_zeros((n, self.pad_back, h, w))
+            return torch.cat([front, x, back], dim=1)
+
+    return ConcatPadShortcut
+
+
+_ConcatPadShortcut = _make_concat_pad()
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    log_p = logits.log_softmax(dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+class EcoTTAStep(nn.Module):
+    """x -> (loss, logits, kept): entropy over confident samples + λ · mean part L1."""
+
+    def __init__(self, adapter) -> None:
+        from edgeadapt.modules.meta import MetaPart
+
+        super().__init__()
+        net = plain_copy(adapter)
+        replace_batchnorms(net, which="all")  # frozen ones too: eval BN backward is not portable
+        _pad_by_concat(net)
+        net.requires_grad_(False)
+        net.eval()  # MetaConvBlock's eval path is the plain conv -> BN -> ReLU
+        self.parts = [m for m in net.modules() if isinstance(m, MetaPart)]
+        for part in self.parts:  # trainable by structure, as EcoTTAAdapter.trainable_parameters
+            part.adapter_bn.requires_grad_(True)
+            part.adapter_conv.requires_grad_(True)
+        self.model = net
+        self.threshold = float(adapter.entropy_threshold)
+        self.reg_weight = float(adapter.config.reg_weight)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pairs: list[list[Tensor]] = [[] for _ in self.parts]
+        handles = []
+        for part, slot in zip(self.parts, pairs):
+            handles.append(part.frozen.register_forward_hook(lambda _m, _a, o, s=slot: s.append(o)))
+            handles.append(part.register_forward_hook(lambda _m, _a, o, s=slot: s.append(o)))
+        try:
+            logits = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        ent = _entropy(logits)
+        keep = (ent < self.threshold).to(logits.dtype)
+        kept = keep.sum()
+        ent_loss = (ent * keep).sum() / torch.clamp(kept, min=1.0)
+        reg = torch.zeros((), dtype=logits.dtype)
+        for frozen, adapted in pairs:
+            reg = reg + (adapted - frozen.detach()).abs().mean()
+        loss = ent_loss + self.reg_weight * reg / max(len(pairs), 1)
+        return loss, logits.detach(), kept.detach()
+
+
+class TentStep(nn.Module):
+    """x -> (loss, logits, kept): mean entropy; every BN on batch statistics, affine trains."""
+
+    def __init__(self, adapter) -> None:
+        from edgeadapt.export.graph import PlainBatchNorm2d
+
+        super().__init__()
+        net = plain_copy(adapter)
+        replace_batchnorms(net, which="all")
+        _pad_by_concat(net)
+        net.requires_grad_(False)
+        for m in net.modules():
+            if isinstance(m, PlainBatchNorm2d) and m.batch_statistics and m.weight is not None:
+                m.weight.requires_grad_(True)
+                m.bias.requires_grad_(True)
+        net.eval()
+        self.model = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits = self.model(x)
+        ent = _entropy(logits)
+        kept = torch.ones((), dtype=logits.dtype) * math.prod(ent.shape)
+        return ent.mean(), logits.detach(), kept

@@ -1,0 +1,112 @@
+"""ONNX and ExecuTorch inference round trips: plain models and adapters, verified on export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import edgeadapt
+from edgeadapt.export import (
+    ExecuTorchRunner,
+    ExportError,
+    OnnxRunner,
+    ProgramFileError,
+    to_executorch,
+    to_onnx,
+)
+
+X = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # On a loaded 2-core machine PyTorch's intra-op threads stall small graphs (lowering and
+    # eager steps run several times slower); results do not depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _adapter(method: str):
+    torch.manual_seed(0)
+    model = edgeadapt.create_model("tiny_resnet")
+    extra = {"entropy_margin": 10.0} if method == "ecotta" else {}
+    adapter = edgeadapt.wrap(
+        model, edgeadapt.config_for(method, lr=1e-2, **extra), example_input=X[:2]
+    )
+    adapter(X)  # one step, so the program carries adapted (not initial) weights
+    return adapter
+
+
+@pytest.mark.parametrize("method", ["source", "tent", "ecotta"])
+def test_onnx_round_trip_matches_the_adapter(tmp_path, method):
+    model = edgeadapt.create_model("tiny_resnet").eval() if method == "source" else _adapter(method)
+    report = to_onnx(model, X, tmp_path / "m.onnx")
+    assert report.path.stat().st_size == report.file_bytes > 0
+    assert report.max_abs_error < 1e-4
+    assert report.batch_statistics == (method != "source")
+    with torch.no_grad():
+        expected = model(X) if method == "source" else _frozen(model)
+    # Batch axis is dynamic: another batch size runs too.
+    runner = OnnxRunner(report.path)
+    assert (runner.run(X) - expected).abs().max() < 1e-4
+    assert runner.run(X[:3]).shape == (3, 10)
+
+
+def _frozen(adapter):
+    with adapter.frozen():
+        return adapter(X)
+
+
+@pytest.fixture(scope="module")
+def ecotta_pte(tmp_path_factory):
+    adapter = _adapter("ecotta")
+    path = tmp_path_factory.mktemp("pte") / "ecotta.pte"
+    return adapter, to_executorch(adapter, X, path, backend="xnnpack")
+
+
+def test_executorch_round_trip_matches_the_adapter(ecotta_pte):
+    adapter, report = ecotta_pte
+    assert report.max_abs_error < 1e-4
+    assert report.file_bytes == report.path.stat().st_size
+    assert report.total_arena_bytes > X.numel() * 4  # at least the input lives in the arena
+    assert 0 < report.constant_bytes < report.file_bytes
+    got = ExecuTorchRunner(report.path).run(X)
+    assert (got - _frozen(adapter)).abs().max() < 1e-4
+    assert report.to_dict()["total_arena_bytes"] == report.total_arena_bytes
+
+
+def test_portable_backend_and_running_statistics(tmp_path):
+    adapter = _adapter("tent")
+    report = to_executorch(adapter, X, tmp_path / "p.pte", backend="portable", statistics="running")
+    assert not report.batch_statistics and report.max_abs_error < 1e-4
+
+
+def test_truncated_and_foreign_files_are_typed_errors(ecotta_pte, tmp_path):
+    _, report = ecotta_pte
+    data = report.path.read_bytes()
+    (tmp_path / "half.pte").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.pte").write_bytes(b"\x00" * 64)
+    (tmp_path / "half.onnx").write_bytes(b"\x08\x07\x12\x05junk")
+    with pytest.raises(ProgramFileError, match="truncated or corrupted"):
+        ExecuTorchRunner(tmp_path / "half.pte")
+    with pytest.raises(ProgramFileError, match="not an ExecuTorch program"):
+        ExecuTorchRunner(tmp_path / "junk.pte")
+    with pytest.raises(ProgramFileError, match="ONNX"):
+        OnnxRunner(tmp_path / "half.onnx")
+    with pytest.raises(ProgramFileError, match="no ExecuTorch file"):
+        ExecuTorchRunner(tmp_path / "missing.pte")
+
+
+class _DataDependent(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # Python control flow on a value: export cannot trace it
+            return x.flatten(1)
+        return -x.flatten(1)
+
+
+def test_non_exportable_model_is_an_export_error(tmp_path):
+    with pytest.raises(ExportError, match="could not capture"):
+        to_executorch(_DataDependent(), X, tmp_path / "bad.pte")
+    assert not (tmp_path / "bad.pte").exists()
