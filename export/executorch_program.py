@@ -108,22 +108,24 @@ def verify_and_write(
             f"the ExecuTorch program differs from eager by {error:.3g} (> {bound:.3g} = atol "
             f"{atol:g} + rtol {rtol:g}·max|eager|); not written"
         )
+    return write_pte(
+        path, data, example, program=extra.pop("program", "infer"), backend=backend,
+        max_abs_error=error, batch_statistics=batch_statistics, **extra,
+    )  # fmt: skip
+
+
+def write_pte(
+    path: str | os.PathLike[str], data: bytes, example: Tensor, **fields: Any
+) -> ExportReport:
+    """Write a verified program atomically; report its size and the memory plan read back
+    from its own bytes."""
     arenas, constants = program_memory(data)
     path = Path(path)
     atomic_write_bytes(path, data)
     return ExportReport(
-        path=path,
-        format="executorch",
-        program=extra.pop("program", "infer"),
-        backend=backend,
-        file_bytes=len(data),
-        max_abs_error=error,
-        input_shape=tuple(example.shape),
-        batch_statistics=batch_statistics,
-        arena_bytes=arenas,
-        constant_bytes=constants,
-        **extra,
-    )
+        path=path, format="executorch", file_bytes=len(data), input_shape=tuple(example.shape),
+        arena_bytes=arenas, constant_bytes=constants, **fields,
+    )  # fmt: skip
 
 
 def to_executorch(

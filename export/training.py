@@ -10,12 +10,11 @@ steps it with ExecuTorch's own SGD (`executorch.extension.training.get_sgd_optim
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from edgeadapt.export._files import atomic_write_bytes, read_program_bytes
+from edgeadapt.export._files import read_program_bytes
 from edgeadapt.export.errors import (
     ExportError,
     ProgramFileError,
@@ -60,7 +59,7 @@ def to_training_program(
     from executorch.exir import to_edge
     from torch.export.experimental import _export_forward_backward
 
-    from edgeadapt.export.executorch_program import capture, program_memory
+    from edgeadapt.export.executorch_program import capture, write_pte
 
     step = training_step_module(adapter)
     example = example.detach()
@@ -100,22 +99,11 @@ def to_training_program(
             f"the training program's {names[worst]} differs from eager by {errors[worst]:.3g} "
             f"(beyond atol {atol:g} + rtol {rtol:g}·max|eager|); not written"
         )
-    arenas, constants = program_memory(data)
-    path = Path(path)
-    atomic_write_bytes(path, data)
-    return ExportReport(
-        path=path,
-        format="executorch",
-        program="adapt",
-        backend="portable",
-        file_bytes=len(data),
-        max_abs_error=max(errors),
-        input_shape=tuple(example.shape),
+    return write_pte(
+        path, data, example, program="adapt", backend="portable", max_abs_error=max(errors),
         batch_statistics=True,
-        arena_bytes=arenas,
-        constant_bytes=constants,
         notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",),
-    )
+    )  # fmt: skip
 
 
 class TrainingRunner:

@@ -106,7 +106,9 @@ def results_from_json(payload: dict) -> list[MethodResult]:
     out = []
     for r in payload["results"]:
         segments = [
-            SegmentResult(s["corruption"], s["severity"], s["round"], s["errors"], s["images"], s["seconds"])
+            SegmentResult(
+                s["corruption"], s["severity"], s["round"], s["errors"], s["images"], s["seconds"]
+            )
             for s in r["segments"]
         ]
         out.append(MethodResult(r["method"], segments, r["memory"], r.get("setup_seconds", 0.0)))

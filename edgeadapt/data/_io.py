@@ -1,14 +1,13 @@
-"""File plumbing shared by the loaders: the cache folder, atomic writes, safe tar extraction."""
+"""File plumbing shared by the loaders: the cache folder, atomic writes (re-exported from
+`edgeadapt._atomic`), safe tar extraction."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from edgeadapt._atomic import atomic_path
 from edgeadapt.data.errors import UnsafeFileError
 
 __all__ = ["CACHE_ENV", "atomic_path", "cache_dir", "safe_extract"]
@@ -20,26 +19,6 @@ def cache_dir() -> Path:
     """`$EDGEADAPT_CACHE`, else `~/.cache/edgeadapt` (created on demand by the writers)."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "edgeadapt"
-
-
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it is renamed onto `dest` in one step.
-
-    Readers therefore see either the old file or the complete new one, never a half-written
-    file. An exception (Ctrl-C included) removes the temporary file; a hard kill may leave a
-    hidden `.tmp` beside `dest`, but never a truncated `dest`.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh unique name, created by the caller's writer so it gets the usual umask
-    # permissions (mkstemp would make it owner-only).
-    tmp_path = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def _check_member(member: tarfile.TarInfo, dest: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from edgeadapt._atomic import atomic_write_bytes
 from edgeadapt.config import AdaptConfig, config_from_dict, to_dict
 from edgeadapt.errors import (
     BatchTooSmallError,
@@ -26,7 +27,6 @@ from edgeadapt.errors import (
 )
 from edgeadapt.methods._state import (
     architecture_digest,
-    atomic_write_bytes,
     batchnorms_on_batch_stats,
     no_running_stat_updates,
     source_statistics,

@@ -18,16 +18,6 @@ from edgeadapt.export import (
 X = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a loaded 2-core machine PyTorch's intra-op threads stall small graphs (lowering and
-    # eager steps run several times slower); results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _adapter(method: str):
     torch.manual_seed(0)
     model = edgeadapt.create_model("tiny_resnet")

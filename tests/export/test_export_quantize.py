@@ -14,16 +14,6 @@ from edgeadapt.export.command import register
 from edgeadapt.export.quantize import _fp32_module_names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a loaded 2-core machine PyTorch's intra-op threads stall small graphs (lowering and
-    # eager steps run several times slower); results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_int8_program_agrees_with_fp32(tmp_path):
     torch.manual_seed(0)
     model = edgeadapt.create_model("tiny_resnet").eval()

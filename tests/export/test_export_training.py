@@ -16,16 +16,6 @@ from edgeadapt.export import (
 LR = 5e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a loaded 2-core machine PyTorch's intra-op threads stall eager steps of this tiny
-    # model (0.8 s against 0.02 s with one thread); results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 STEPS = 20
 # Same math, different kernels and summation order: after 20 SGD steps the meta weights
 # agree to ~5e-5 and the logits to ~3e-5 (measured); 1e-3 leaves room for other CPUs.
