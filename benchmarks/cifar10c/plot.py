@@ -1,6 +1,6 @@
 """Re-draw the table and plots of committed `edgeadapt bench --json` results.
 
-    python benchmarks/cifar10c/plot.py benchmarks/cifar10c/record_continual.json
+python benchmarks/cifar10c/plot.py benchmarks/cifar10c/record_continual.json
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ def main(path: str) -> None:
     src = Path(path)
     results = results_from_json(json.loads(src.read_text()))
     print(markdown_table(results))
-    out = plot_results(results, src.with_suffix(".png"), "ResNet-20, CIFAR-10-C (JPEG) severity 5, continual, batch 64")
+    out = plot_results(
+        results,
+        src.with_suffix(".png"),
+        "ResNet-20, CIFAR-10-C (JPEG) severity 5, continual, batch 64",
+    )
     print(f"wrote {out}")
 
 
