@@ -7,13 +7,15 @@ import hashlib
 from collections.abc import Iterator
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
     "architecture_digest",
     "batchnorms_on_batch_stats",
     "no_running_stat_updates",
+    "per_group_batch_statistics",
     "source_statistics",
     "use_batch_statistics",
     "weights_digest",
@@ -73,3 +75,33 @@ def source_statistics(model: nn.Module) -> Iterator[None]:
     finally:
         for m in touched:
             m.train()
+
+
+@contextlib.contextmanager
+def per_group_batch_statistics(model: nn.Module, groups: int) -> Iterator[None]:
+    """BNs on batch statistics normalise each of `groups` equal, contiguous slices of the
+    batch with that slice's own statistics: one forward of G stacked batches computes what
+    G separate forwards would (CoTTA's augmented views, in one pass on a big device)."""
+    touched = [m for m in batchnorms_on_batch_stats(model) if not m.track_running_stats]
+    for m in touched:
+        m.forward = _grouped_forward(m, groups)  # instance attribute: shadows the class method
+    try:
+        yield
+    finally:
+        for m in touched:
+            del m.forward
+
+
+def _grouped_forward(bn: _BatchNorm, groups: int):
+    def forward(x: Tensor) -> Tensor:
+        n, c = x.shape[0] // groups, x.shape[1]
+        # (G·N, C, ...) -> (N, G·C, ...): each group's channels become channels of their own.
+        folded = (
+            x.reshape(groups, n, *x.shape[1:]).transpose(0, 1).reshape(n, groups * c, *x.shape[2:])
+        )
+        weight = bn.weight.repeat(groups) if bn.weight is not None else None
+        bias = bn.bias.repeat(groups) if bn.bias is not None else None
+        y = F.batch_norm(folded, None, None, weight, bias, training=True, eps=bn.eps)
+        return y.reshape(n, groups, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
+
+    return forward

@@ -18,7 +18,11 @@ from edgeadapt._registry import register_method
 from edgeadapt.config import CoTTAConfig
 from edgeadapt.losses import soft_cross_entropy
 from edgeadapt.methods._augment import augment
-from edgeadapt.methods._state import no_running_stat_updates, use_batch_statistics
+from edgeadapt.methods._state import (
+    no_running_stat_updates,
+    per_group_batch_statistics,
+    use_batch_statistics,
+)
 from edgeadapt.methods.base import Adapter
 
 __all__ = ["CoTTAAdapter"]
@@ -64,13 +68,16 @@ class CoTTAAdapter(Adapter):
             if c.augmentations == 0 or confidence.mean() >= c.confidence_threshold:
                 return teacher_logits
             pixels = x * self._std + self._mean if c.input_mean is not None else x
-            views = []
-            for _ in range(c.augmentations):
-                view = augment(pixels, self.generator)
+            total = torch.zeros_like(teacher_logits)
+            for start in range(0, c.augmentations, c.views_per_pass):
+                count = min(c.views_per_pass, c.augmentations - start)
+                views = [augment(pixels, self.generator) for _ in range(count)]
+                batch = torch.cat(views)
                 if c.input_mean is not None:
-                    view = (view - self._mean) / self._std
-                views.append(self.teacher(view))
-            return torch.stack(views).mean(dim=0)
+                    batch = (batch - self._mean) / self._std
+                with per_group_batch_statistics(self.teacher, count):
+                    total += self.teacher(batch).view(count, *teacher_logits.shape).sum(0)
+            return total / c.augmentations
 
     def loss(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         target = self._pseudo_label(x)

@@ -1,0 +1,54 @@
+"""Run several `edgeadapt bench` processes side by side and merge what they write.
+
+A benchmark process is mostly single-threaded Python driving small kernels, so on a machine
+with many cores (or a GPU) running methods and variants in parallel is what makes the long
+runs fit. Each job writes its own JSON and log; `merge` joins the JSONs into one payload that
+`edgeadapt.bench.report.results_from_json` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def bench_command(name: str, out_dir: Path, args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "edgeadapt.cli", "bench", "--quiet", *args,
+            "--json", str(out_dir / f"{name}.json")]  # fmt: skip
+
+
+def run_parallel(jobs: dict[str, list[str]], out_dir: Path, workers: int) -> dict[str, int]:
+    """Run `jobs` (name -> argv), at most `workers` at once; each logs to out_dir/<name>.log.
+    Returns each job's exit code; a failed job does not stop the others."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def one(item: tuple[str, list[str]]) -> tuple[str, int]:
+        name, argv = item
+        start = time.time()
+        with open(out_dir / f"{name}.log", "w") as log:
+            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f"{name:32s} rc={rc} {time.time() - start:6.0f} s", flush=True)
+        return name, rc
+
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(one, jobs.items()))
+
+
+def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = None) -> dict:
+    """One payload with every finished job's results (relabelled by `labels`), in `names` order."""
+    results, missing = [], []
+    for name in names:
+        path = out_dir / f"{name}.json"
+        if not path.is_file():
+            missing.append(name)
+            continue
+        for r in json.loads(path.read_text())["results"]:
+            results.append({**r, "method": (labels or {}).get(name, r["method"])})
+    return {"results": results, "missing": missing}

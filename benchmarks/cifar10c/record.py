@@ -1,0 +1,76 @@
+"""The benchmark of record: ResNet-20 (JPEG CIFAR-10 source), the 15 corruptions at
+severity 5, batch 64 — continual (one round, all six methods) or long-term (10 rounds).
+
+    python benchmarks/cifar10c/make_release.py --out /tmp/c10c          # once
+    python benchmarks/cifar10c/record.py continual --data /tmp/c10c --device cuda --workers 8
+    python benchmarks/cifar10c/record.py long-term --data /tmp/c10c --device cuda --workers 8
+
+Each method runs as its own `edgeadapt bench` process (in parallel; the same command with
+one method each is what a single-process run would do). Writes record_<suite>.json/.md/.png
+beside this file. Settings are the library defaults (tuned on the extra corruptions only,
+see tune.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from _jobs import bench_command, merge, run_parallel
+
+from edgeadapt._paths import shared_dir
+from edgeadapt.bench.report import markdown_table, plot_results, results_from_json
+
+HERE = Path(__file__).resolve().parent
+SUITES = {
+    "continual": (["source", "norm", "tent", "eata", "cotta", "ecotta"], 1),
+    "long-term": (["source", "norm", "tent", "eata", "ecotta"], 10),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("suite", choices=sorted(SUITES))
+    ap.add_argument("--data", required=True, help="release folder from make_release.py")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--methods", default=None, help="a subset of the suite's methods")
+    ap.add_argument("--n-images", type=int, default=None, help="smoke runs only")
+    ap.add_argument(
+        "--overrides",
+        default=None,
+        help='per-method settings, JSON; e.g. \'{"cotta": {"views_per_pass": 32}}\' on a GPU',
+    )
+    ap.add_argument("--out", default=None, help="folder for per-method JSON and logs")
+    args = ap.parse_args()
+    methods, rounds = SUITES[args.suite]
+    if args.methods:
+        methods = [m for m in args.methods.split(",") if m]
+    out = Path(args.out or HERE / f"record_{args.suite}_runs")
+    common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
+              "--data", args.data, "--protocol", args.suite, "--rounds", str(rounds),
+              "--device", args.device]  # fmt: skip
+    if args.n_images:
+        common += ["--n-images", str(args.n_images)]
+    if args.overrides:
+        common += ["--overrides", args.overrides]
+    jobs = {m: bench_command(m, out, [*common, "--methods", m]) for m in methods}
+    start = time.time()
+    run_parallel(jobs, out, args.workers)
+    payload = merge(out, methods)
+    payload["meta"] = {"rounds": rounds, "severity": 5, "batch": 64, **vars(args)}
+    stem = HERE / f"record_{args.suite}"
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    results = results_from_json(payload)
+    title = f"ResNet-20, CIFAR-10-C (JPEG) severity 5, {args.suite}, {rounds} round(s), batch 64"
+    table = markdown_table(results)
+    stem.with_suffix(".md").write_text(f"{title}\n\n{table}\n\nmissing: {payload['missing']}\n")
+    plot_results(results, stem.with_suffix(".png"), title)
+    print(table)
+    print(f"{time.time() - start:.0f} s; missing: {payload['missing']}")
+
+
+if __name__ == "__main__":
+    main()
