@@ -200,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeadapt.export.command import register as register_export
 
     register_export(sub)
+    from edgeadapt.video.command import register as register_stream
+
+    register_stream(sub)
+    from edgeadapt.firmware_bridge.command import register as register_device
+
+    register_device(sub)
     return parser
 
 

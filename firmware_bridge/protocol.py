@@ -94,10 +94,12 @@ class Capability(IntFlag):
 
 
 class Target(IntEnum):
-    """What an UPLOAD writes: the ExecuTorch program, or the meta-network (adapter) weights."""
+    """What an UPLOAD writes: a program, the meta-network (adapter) weights, or an input."""
 
     PROGRAM = 0
     ADAPTER = 1
+    TRAINING = 2  # the adaptation-step (training) program that ADAPT runs
+    INPUT = 3  # one program input too big for a frame; INFER/ADAPT with no data run on it
 
 
 class ResetKind(IntEnum):
@@ -133,3 +135,5 @@ class ErrorCode(IntEnum):
     BAD_ARGUMENT = 12
     NO_ADAPTER = 13
     INTERNAL = 14
+    DOES_NOT_FIT = 15  # the program's memory plan exceeds the device's RAM or flash
+    INVALID_PROGRAM = 16  # the committed bytes are not a program the runtime can load

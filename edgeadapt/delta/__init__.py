@@ -7,6 +7,10 @@ Training: `deltaify(model, example)` puts a learned quantiser (`DeltaActivation`
 activation of a copy of the model; `forward_with_sparsity` / `temporal_sparsity_loss` give the
 MAC-weighted temporal delta penalty for clips laid out clip-major along the batch dim.
 
+Training without labels: `distill_for_sparsity(deltaified, clips)` fine-tunes a copy on the
+user's own footage, distilling from the dense model (`strip_delta`) while penalising temporal
+change; `save_delta_weights` / `load_delta_weights` store the result.
+
 Inference: `to_delta_runtime(deltaified)` turns it into a stateful frame-by-frame processor
 (`DeltaRuntime`) whose conv / linear layers compute only what changed, with outputs equal to
 the dense quantised model's; `time_delta_layers` measures what that buys on this machine.
@@ -15,6 +19,15 @@ the dense quantised model's; `time_delta_layers` measures what that buys on this
 from __future__ import annotations
 
 from edgeadapt.delta.deltaify import DEFAULT_ACTIVATIONS, delta_activations, deltaify
+from edgeadapt.delta.distill import (
+    DistillConfig,
+    DistillResult,
+    distill_for_sparsity,
+    load_delta_weights,
+    make_clips,
+    pixel_sparsity_loss,
+    save_delta_weights,
+)
 from edgeadapt.delta.errors import DeltaStateError, NotDeltaifiedError
 from edgeadapt.delta.layers import DeltaConv2d, DeltaLayer, DeltaLinear, MacCount
 from edgeadapt.delta.penalty import (
@@ -32,6 +45,7 @@ from edgeadapt.delta.sparse_conv import (
     write_pixels_,
 )
 from edgeadapt.delta.sparse_ops import conv2d_macs, linear_macs, sparse_linear, sparse_linear_
+from edgeadapt.delta.structure import deltaify_modules, strip_delta
 from edgeadapt.delta.timing import TimingResult, time_delta_layer, time_delta_layers
 
 __all__ = [
@@ -43,6 +57,8 @@ __all__ = [
     "DeltaRuntime",
     "DeltaRuntimeConfig",
     "DeltaStateError",
+    "DistillConfig",
+    "DistillResult",
     "MacCount",
     "NotDeltaifiedError",
     "PixelDelta",
@@ -52,12 +68,19 @@ __all__ = [
     "conv2d_macs",
     "delta_activations",
     "deltaify",
+    "deltaify_modules",
+    "distill_for_sparsity",
     "forward_with_sparsity",
     "linear_macs",
+    "load_delta_weights",
+    "make_clips",
     "pixel_delta",
+    "pixel_sparsity_loss",
+    "save_delta_weights",
     "sparse_conv2d",
     "sparse_linear",
     "sparse_linear_",
+    "strip_delta",
     "temporal_sparsity_loss",
     "time_delta_layer",
     "time_delta_layers",

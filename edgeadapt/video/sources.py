@@ -1,0 +1,235 @@
+"""Frame sources: video files (PyAV), image sequences (Pillow), cameras (OpenCV), arrays.
+
+Every source iterates uint8 (H, W, 3) RGB frames, optionally fitted to the model's input
+size, from `start`, every `stride`-th frame, at most `limit` frames. Decoders are imported
+when a source is opened, so `import edgeadapt.video` stays light; a missing one raises
+`MissingDependencyError` naming the pip package.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgeadapt.errors import ConfigError
+from edgeadapt.video.errors import FrameDecodeError, MissingDependencyError, SourceNotFoundError
+from edgeadapt.video.preprocess import Fit, check_frame, fit_frame
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ArraySource",
+    "CameraSource",
+    "FrameSource",
+    "ImageSequenceSource",
+    "VideoFileSource",
+    "open_frames",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class FrameSource:
+    """Base class: subclasses yield raw RGB frames from `_raw()`; this applies the selection.
+
+    Args:
+        size: fit frames to this (int for square, or (height, width)); None keeps them.
+        fit: "crop" (keep aspect, cut the centre) or "squash" (see `fit_frame`).
+        limit: at most this many frames (None: all).
+        stride: keep every `stride`-th frame.
+        start: skip this many frames first.
+    """
+
+    name = "frames"
+
+    def __init__(
+        self,
+        *,
+        size: int | Sequence[int] | None = None,
+        fit: Fit = "crop",
+        limit: int | None = None,
+        stride: int = 1,
+        start: int = 0,
+    ) -> None:
+        if stride < 1 or start < 0 or (limit is not None and limit < 0):
+            raise ConfigError(
+                f"need stride >= 1, start >= 0, limit >= 0; got {stride}, {start}, {limit}"
+            )
+        self.size, self.fit, self.limit, self.stride, self.start = size, fit, limit, stride, start
+
+    def _raw(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.limit == 0:
+            return
+        kept, first_shape = 0, None
+        for i, frame in enumerate(self._raw()):
+            if i < self.start or (i - self.start) % self.stride:
+                continue
+            frame = check_frame(frame, i)
+            if self.size is not None:
+                frame = fit_frame(frame, self.size, self.fit)
+            elif first_shape is None:
+                first_shape = frame.shape
+            elif frame.shape != first_shape:
+                raise FrameDecodeError(
+                    f"{self.name}: frame {i} is {frame.shape[:2]} but the first was "
+                    f"{first_shape[:2]}; pass size=... to resize every frame to one size"
+                )
+            yield frame
+            kept += 1
+            if self.limit is not None and kept >= self.limit:
+                return
+
+
+class ArraySource(FrameSource):
+    """Frames from a uint8 (T, H, W, 3) array (synthetic clips, tests)."""
+
+    def __init__(self, frames: np.ndarray, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.frames, self.name = frames, "array"
+
+    def _raw(self) -> Iterator[np.ndarray]:
+        yield from self.frames
+
+
+class VideoFileSource(FrameSource):
+    """A video file decoded by PyAV (ffmpeg ships inside the `av` wheel)."""
+
+    def __init__(self, path: str | Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.path = Path(path)
+        self.name = str(path)
+        if not self.path.is_file():
+            raise SourceNotFoundError(f"video file not found: {self.path}")
+
+    def _raw(self) -> Iterator[np.ndarray]:
+        av = _import("av", "av")
+        try:
+            container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise FrameDecodeError(f"{self.path}: not a decodable video ({exc})") from exc
+        try:
+            if not container.streams.video:
+                raise FrameDecodeError(f"{self.path}: has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # decode with ffmpeg's own threads
+            decoded = 0
+            try:
+                for frame in container.decode(stream):
+                    decoded += 1
+                    yield frame.to_ndarray(format="rgb24")
+            except av.error.FFmpegError as exc:
+                raise FrameDecodeError(f"{self.path}: decoding failed ({exc})") from exc
+            if decoded == 0:  # a header without pictures must not pass as an empty stream
+                raise FrameDecodeError(f"{self.path}: the video stream holds no decodable frames")
+        finally:
+            container.close()
+
+
+def _natural_key(path: Path) -> list[object]:
+    # frame2.png before frame10.png
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+class ImageSequenceSource(FrameSource):
+    """Image files in order: a folder (its images, natural sort), a glob, or a list of paths."""
+
+    def __init__(self, spec: str | Path | Sequence[str | Path], **kwargs) -> None:
+        super().__init__(**kwargs)
+        if isinstance(spec, (str, Path)):
+            self.name = str(spec)
+            self.paths = _image_paths(str(spec))
+        else:
+            self.name = "image list"
+            self.paths = [Path(p) for p in spec]
+            missing = [str(p) for p in self.paths if not p.is_file()]
+            if missing:
+                raise SourceNotFoundError(f"image files not found: {missing[:5]}")
+        if not self.paths:
+            raise SourceNotFoundError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {self.name}"
+            )
+
+    def _raw(self) -> Iterator[np.ndarray]:
+        pil = _import("PIL.Image", "pillow")
+        for path in self.paths:
+            try:
+                with pil.open(path) as img:
+                    yield np.asarray(img.convert("RGB"), dtype=np.uint8)
+            except (pil.UnidentifiedImageError, OSError) as exc:
+                raise FrameDecodeError(f"{path}: not a readable image ({exc})") from exc
+
+
+def _image_paths(spec: str) -> list[Path]:
+    if _GLOB_CHARS.search(spec):
+        found = [Path(p) for p in glob.glob(spec) if Path(p).is_file()]
+    elif Path(spec).is_dir():
+        found = [p for p in Path(spec).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        raise SourceNotFoundError(f"image folder not found: {spec}")
+    return sorted(found, key=_natural_key)
+
+
+class CameraSource(FrameSource):
+    """A camera by index, through OpenCV (`pip install opencv-python-headless`).
+
+    Without `limit` it streams until the camera stops delivering frames.
+    """
+
+    def __init__(self, index: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.index, self.name = int(index), f"camera {index}"
+
+    def _raw(self) -> Iterator[np.ndarray]:
+        cv2 = _import("cv2", "opencv-python-headless")
+        cap = cv2.VideoCapture(self.index)
+        try:
+            if not cap.isOpened():
+                raise SourceNotFoundError(
+                    f"camera {self.index} could not be opened; check the index and permissions"
+                )
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    return
+                yield np.ascontiguousarray(bgr[:, :, ::-1])  # OpenCV delivers BGR
+        finally:
+            cap.release()
+
+
+def _import(module: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"reading this source needs {module!r}: pip install {package}"
+        ) from exc
+
+
+def open_frames(source: str | Path | int | np.ndarray, **kwargs) -> FrameSource:
+    """The right source for `source`: a camera index (int or digits), a video file, an image
+    folder, a glob of images, a single image, or a uint8 (T, H, W, 3) array. Keyword
+    arguments (size, fit, limit, stride, start) go to the source."""
+    if isinstance(source, np.ndarray):
+        return ArraySource(source, **kwargs)
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        return CameraSource(int(source), **kwargs)
+    spec = str(source)
+    path = Path(spec)
+    if _GLOB_CHARS.search(spec) or path.is_dir():
+        return ImageSequenceSource(spec, **kwargs)
+    if not path.exists():
+        raise SourceNotFoundError(
+            f"{spec}: no such video file, image folder or glob (a camera is an integer index)"
+        )
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageSequenceSource([path], **kwargs)
+    return VideoFileSource(path, **kwargs)

@@ -1,0 +1,216 @@
+"""Stream frames through a model: per-frame predictions, latency, delta sparsity, MACs.
+
+`stream(frames, model, delta=True, adapt="ecotta")` yields one `FrameResult` per frame, in
+order, predicting each frame as it arrives (batch of one). Options:
+
+- `delta`: predict with the exact delta runtime (`edgeadapt.delta`). A model without
+  quantisers is deltaified first, calibrated on the first `calibration_frames` frames.
+- `adapt`: test-time adaptation on the same stream. Adaptation needs batch statistics, so
+  frames are buffered and every `batch_size` frames one adaptation call runs on the buffer
+  (`edgeadapt.wrap`); prediction stays per frame, causal: frame i is predicted with the
+  weights adapted on frames before its batch, and predictions use eval-mode BN.
+- delta + adapt: an adaptation step changes the weights, and the delta state (previous
+  inputs and outputs of every layer) belongs to the old weights. So after every step the
+  runtime is rebuilt from the adapted model and its next frame is a dense anchor pass. The
+  summary reports that honestly: anchors count as dense MACs, the rebuild time is part of
+  the adaptation time, and the adaptation's own compute is estimated separately. The
+  adapter wraps a structure-keeping deltaified model (`deltaify_modules`), which EcoTTA
+  can partition, and adapts it with its quantisers in place (straight-through gradients),
+  so what adapts is what streams.
+- `input_threshold`: `InputHysteresis` on the frames (levels, 0-255) before the model.
+- `compare_dense`: also run a dense float32 model per frame (the current weights without
+  quantisers when `delta`, else the original model) and record its prediction and latency.
+
+Scene cuts: the runtime re-anchors when more than `runtime_config.scene_cut_threshold` of
+the input pixels changed (detected; `FrameResult.scene_cut`), and before every frame index in
+`cut_at` (signalled by a caller who knows: an edit list, a seek; `FrameResult.cut_signalled`).
+A signalled cut also restarts the input hysteresis from the new frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeadapt.config import AdaptConfig
+from edgeadapt.delta import DeltaRuntimeConfig, delta_activations, deltaify
+from edgeadapt.delta.structure import deltaify_modules, strip_delta
+from edgeadapt.errors import CheckpointMismatchError, ConfigError, InputError, PartitionError
+from edgeadapt.video._engines import DeltaEngine, DenseEngine
+from edgeadapt.video.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputHysteresis,
+    check_frame,
+    to_model_input,
+)
+
+__all__ = ["FrameResult", "stream"]
+
+
+@dataclass
+class FrameResult:
+    """One streamed frame."""
+
+    index: int
+    prediction: int
+    confidence: float  # softmax probability of the prediction
+    latency_s: float  # wall-clock of the per-frame prediction (tensor conversion + model)
+    macs_dense: int  # conv / linear MACs of a dense pass of the current model
+    macs_performed: int  # what the delta runtime performed (== macs_dense without delta)
+    anchor: bool = False  # dense pass that (re)started the delta state
+    scene_cut: bool = False  # detected: the changed-pixel threshold fired
+    cut_signalled: bool = False  # the caller said a new scene starts here (`cut_at`)
+    macs_element: int | None = None  # an element-sparse engine's count (see _engines)
+    layer_nonzero: dict[str, float] = field(default_factory=dict)  # non-zero fraction of Δx
+    adapted: bool = False  # an adaptation step ran after this frame
+    adapt_s: float = 0.0  # its wall-clock, including rebuilding the predictors
+    adapt_batch: int = 0  # frames in that adaptation batch
+    dense_prediction: int | None = None  # of the compare_dense reference
+    dense_latency_s: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _is_adapter(obj: object) -> bool:
+    from edgeadapt.methods.base import Adapter
+
+    return isinstance(obj, Adapter)
+
+
+def _make_adapter(base: nn.Module, adapt: object, example: torch.Tensor):
+    from edgeadapt.api import config_for, wrap
+
+    if _is_adapter(adapt):
+        return adapt
+    config = adapt if isinstance(adapt, AdaptConfig) else config_for(str(adapt))
+    try:
+        return wrap(base, config, example_input=example)
+    except PartitionError as exc:
+        raise PartitionError(
+            f"{exc}. A graph-deltaified model (edgeadapt.delta.deltaify) no longer calls its "
+            "blocks as modules; deltaify with edgeadapt.delta.structure.deltaify_modules, or "
+            "pass the dense model and let stream() do it"
+        ) from exc
+
+
+def stream(
+    frames: Iterable[np.ndarray],
+    model: nn.Module,
+    *,
+    delta: bool = True,
+    adapt: str | AdaptConfig | nn.Module | None = None,
+    batch_size: int = 8,
+    compare_dense: bool = False,
+    input_threshold: float = 0.0,
+    runtime_config: DeltaRuntimeConfig | None = None,
+    cut_at: Collection[int] = (),
+    delta_state: dict[str, torch.Tensor] | None = None,
+    bits: int = 8,
+    calibration_frames: int = 8,
+    layer_stats: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Iterator[FrameResult]:
+    """Yield a `FrameResult` per uint8 (H, W, 3) frame; see the module docstring.
+
+    `adapt` is a method name, a config, or a ready adapter (e.g. after `warmup`; with
+    `delta` its model must already be deltaified). `delta_state` is a state dict saved from
+    a deltaified copy of `model` (e.g. by `edgeadapt.delta.distill.save_delta_weights`),
+    loaded after deltaify. `model` is never modified.
+    """
+    if adapt is not None and batch_size < 2:
+        raise ConfigError(f"adaptation needs batches of 2 or more frames, got {batch_size}")
+    if calibration_frames < 2:
+        raise ConfigError(f"calibration_frames must be >= 2, got {calibration_frames}")
+    it = iter(frames)
+    needs_deltaify = delta and not delta_activations(model)
+    needs_example = needs_deltaify or (adapt is not None and not _is_adapter(adapt))
+    head = list(itertools.islice(it, calibration_frames)) if needs_example else []
+    if needs_example and len(head) < 2:
+        raise InputError("the stream has fewer than 2 frames; nothing to calibrate on")
+    example = None
+    if head:
+        example = to_model_input(np.stack([check_frame(f, i) for i, f in enumerate(head)]))
+        example = example.to(next(model.parameters()).dtype)
+    base = model
+    if needs_deltaify:  # graph deltaify is exact per call site; adapters need module structure
+        make = deltaify_modules if adapt is not None else deltaify
+        base = make(model, example, bits=bits).eval()
+        if delta_state is not None:
+            _load_delta_state(base, delta_state)
+    elif delta_state is not None:
+        raise ConfigError("delta_state needs delta=True and a model without quantisers")
+    adapter = _make_adapter(base, adapt, example) if adapt is not None else None
+    work = adapter.model if adapter is not None else base
+    if delta and not delta_activations(work):
+        raise ConfigError("delta=True needs the adapter's model to be deltaified")
+    engine = (
+        DeltaEngine(work, runtime_config, layer_stats=layer_stats) if delta else DenseEngine(work)
+    )
+    reference = None
+    if compare_dense:
+        reference = DenseEngine(strip_delta(work) if delta else model)
+    hysteresis = InputHysteresis(input_threshold)
+    buffer: list[torch.Tensor] = []
+    cuts = {int(i) for i in cut_at}
+    for index, frame in enumerate(itertools.chain(head, it)):
+        frame = check_frame(frame, index)
+        signalled = index in cuts and index > 0
+        if signalled:
+            engine.signal_scene_cut()
+            hysteresis.reset()
+        start = time.perf_counter()
+        x = to_model_input(hysteresis(frame), mean, std)
+        logits, stats = engine(x)
+        latency = time.perf_counter() - start
+        probs = torch.softmax(logits.float(), 1)[0]
+        result = FrameResult(
+            index=index,
+            prediction=int(probs.argmax()),
+            confidence=float(probs.max()),
+            latency_s=latency,
+            macs_dense=stats.macs_dense,
+            macs_performed=stats.macs_performed,
+            anchor=stats.anchor,
+            scene_cut=stats.scene_cut,
+            cut_signalled=signalled,
+            macs_element=stats.macs_element,
+            layer_nonzero=stats.layer_nonzero,
+        )
+        if reference is not None:
+            start = time.perf_counter()
+            ref_logits, _ = reference(to_model_input(frame, mean, std))
+            result.dense_latency_s = time.perf_counter() - start
+            result.dense_prediction = int(ref_logits.argmax(1)[0])
+        if adapter is not None:
+            buffer.append(x)
+            if len(buffer) >= batch_size:
+                start = time.perf_counter()
+                adapter(torch.cat(buffer))  # predicts and adapts; its batch logits are unused
+                engine.refresh(adapter.model)
+                result.adapt_s = time.perf_counter() - start
+                result.adapted, result.adapt_batch = True, len(buffer)
+                buffer.clear()
+                if reference is not None and delta:
+                    reference.refresh(strip_delta(adapter.model))
+        yield result
+
+
+def _load_delta_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(
+            f"delta weights do not fit this model deltaified here ({exc}). They must come from "
+            "the same architecture, deltaified the same way: weights trained on a graph-"
+            "deltaified model (edgeadapt.delta.deltaify) do not load with adapt=..., which "
+            "deltaifies module by module"
+        ) from exc
