@@ -2,16 +2,22 @@
 
 - `to_onnx`, `to_executorch`: an adapter's (or a plain model's) prediction, run by the
   target runtime against eager before it is written; `ExportReport` says what came out.
-- `to_executorch_int8`: int8 frozen backbone (PT2E + XNNPACK), fp32 meta networks.
+- `to_executorch_int8`: int8 frozen backbone (PT2E; XNNPACK or portable kernels), fp32 meta
+  networks.
 - `to_training_program` / `TrainingRunner`: one EcoTTA or Tent adaptation step as an
-  ExecuTorch training program, stepped with ExecuTorch's SGD.
+  ExecuTorch training program (fp32 or int8 frozen weights), stepped with ExecuTorch's SGD;
+  its backward keeps only what it needs (`training_ops`, `training_passes`).
 - `load_profile`, `list_profiles`, `check_fit`: device profiles (`devices/*.toml`) and
-  whether a program's memory plan fits them.
+  whether a program fits them; `device=` at export plans the arena into the device's RAM
+  banks (`memory_plan`).
+- `verify_bundled_program`: every ExecuTorch export also writes a bundled program (`.bpte`:
+  the program, a test input and PyTorch's expected outputs) for on-target verification.
 
 executorch, onnx and onnxruntime are imported only inside the functions that use them.
 """
 
 from edgeadapt.export.api import ExportRequest, export_program
+from edgeadapt.export.bundled import verify_bundled_program, write_bundled_program
 from edgeadapt.export.devices import DeviceProfile, MemoryBank, list_profiles, load_profile
 from edgeadapt.export.errors import (
     DeviceProfileError,
@@ -56,4 +62,6 @@ __all__ = [
     "to_executorch_int8",
     "to_onnx",
     "to_training_program",
+    "verify_bundled_program",
+    "write_bundled_program",
 ]

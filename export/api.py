@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.export.errors import UnsupportedExportError
 from edgeadapt.export.report import ExportReport
 
@@ -21,10 +21,15 @@ class ExportRequest:
 
     format: str = "executorch"  # "onnx" or "executorch"
     program: str = "infer"  # "infer" (prediction) or "adapt" (one training step)
-    backend: str = "xnnpack"  # ExecuTorch inference only: "xnnpack" or "portable"
-    quantize: str | None = None  # None or "int8" (frozen backbone; ExecuTorch inference)
+    # ExecuTorch inference: "xnnpack" or "portable". Training programs are always portable:
+    # a delegate would freeze the trainable ops it takes in.
+    backend: str = "xnnpack"
+    # None or "int8": the frozen backbone's weights int8 (infer: PT2E, int8 activations too;
+    # adapt: int8 weights dequantized in the graph, fp32 activations).
+    quantize: str | None = None
     statistics: str = "adapter"  # see edgeadapt.export.graph.inference_module
-    calibration_batches: int = 4  # int8: calibration batches
+    # ExecuTorch: a device profile; the arena is planned into its RAM banks.
+    device: str | None = None
 
     def check(self, method: str) -> None:
         if self.format not in ("onnx", "executorch"):
@@ -39,15 +44,10 @@ class ExportRequest:
             raise UnsupportedExportError(
                 f"quantize must be 'int8' or absent, got {self.quantize!r}"
             )
-        if self.format == "onnx" and (self.program == "adapt" or self.quantize):
+        if self.format == "onnx" and (self.program == "adapt" or self.quantize or self.device):
             raise UnsupportedExportError(
-                "ONNX export covers fp32 prediction only; use --format executorch for "
-                "--program adapt or --quantize int8"
-            )
-        if self.program == "adapt" and self.quantize:
-            raise UnsupportedExportError(
-                "a training program with an int8 backbone is not implemented yet; export "
-                "--program adapt in fp32, or --program infer --quantize int8"
+                "ONNX export covers fp32 prediction only, with no memory plan; use --format "
+                "executorch for --program adapt, --quantize int8 or --device"
             )
         if self.program == "adapt" and method not in ("ecotta", "tent"):
             raise UnsupportedExportError(
@@ -63,11 +63,16 @@ def export_program(
     *,
     calibration: list[Tensor] | None = None,
 ) -> ExportReport:
-    """Export `model` (a plain model or an Adapter) as `request` says, verified, to `path`."""
+    """Export `model` (a plain model or an Adapter) as `request` says, verified, to `path`.
+
+    int8 prediction programs need `calibration`: a few batches of typical (source) inputs.
+    """
+    from edgeadapt.export.devices import load_profile
     from edgeadapt.methods.base import Adapter
 
     method = model.config.method if isinstance(model, Adapter) else "source"
     request.check(method)
+    profile = load_profile(request.device) if request.device else None
     path = Path(path)
     if request.format == "onnx":
         from edgeadapt.export.onnx_program import to_onnx
@@ -76,21 +81,22 @@ def export_program(
     if request.program == "adapt":
         from edgeadapt.export.training import to_training_program
 
-        return to_training_program(model, example, path)
+        return to_training_program(model, example, path, device=profile, quantize=request.quantize)
     if request.quantize == "int8":
         from edgeadapt.export.quantize import to_executorch_int8
 
-        if calibration is None:
-            gen = torch.Generator().manual_seed(0)
-            calibration = [
-                torch.randn(example.shape, generator=gen)
-                for _ in range(request.calibration_batches)
-            ]
+        if not calibration:
+            raise ConfigError(
+                "an int8 prediction program needs calibration batches: a few batches of "
+                "typical source images (random inputs give wrong scales)"
+            )
         return to_executorch_int8(
-            model, example, path, calibration=calibration, statistics=request.statistics
-        )
+            model, example, path, calibration=calibration, statistics=request.statistics,
+            backend=request.backend, device=profile,
+        )  # fmt: skip
     from edgeadapt.export.executorch_program import to_executorch
 
     return to_executorch(
-        model, example, path, backend=request.backend, statistics=request.statistics
-    )
+        model, example, path, backend=request.backend, statistics=request.statistics,
+        device=profile,
+    )  # fmt: skip

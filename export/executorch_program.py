@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeadapt.export._files import atomic_write_bytes, read_program_bytes
+from edgeadapt.export.devices import DeviceProfile, load_profile
 from edgeadapt.export.errors import ExportError, ProgramFileError, VerificationError
 from edgeadapt.export.graph import Statistics, inference_module
 from edgeadapt.export.report import ExportReport
@@ -40,10 +41,13 @@ def capture(net: nn.Module, example: Tensor) -> Any:
         ) from exc
 
 
-def lower(exported: Any, backend: Backend) -> bytes:
+def lower(exported: Any, backend: Backend, profile: DeviceProfile | None = None) -> bytes:
     """An ExportedProgram lowered to a .pte buffer: XNNPACK delegates what it supports and the
-    portable kernels run the rest; "portable" runs everything on portable kernels."""
+    portable kernels run the rest; "portable" runs everything on portable kernels. With
+    `profile`, the arena is planned into the device's RAM banks."""
     from executorch.exir import to_edge_transform_and_lower
+
+    from edgeadapt.export.memory_plan import backend_config
 
     if backend not in ("xnnpack", "portable"):
         raise ValueError(f"backend must be 'xnnpack' or 'portable', got {backend!r}")
@@ -54,13 +58,22 @@ def lower(exported: Any, backend: Backend) -> bytes:
         partitioners.append(XnnpackPartitioner())
     try:
         return (
-            to_edge_transform_and_lower(exported, partitioner=partitioners).to_executorch().buffer
+            to_edge_transform_and_lower(exported, partitioner=partitioners)
+            .to_executorch(backend_config(profile))
+            .buffer
         )
     except Exception as exc:
         raise ExportError(
             f"lowering to ExecuTorch ({backend}) failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            f"{_first_line(exc)}); an op outside ExecuTorch's operator set must be replaced "
+            "by supported ones in the model"
         ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (toolchain errors often open with
+    a blank line and go on for a page)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:300]
 
 
 def program_memory(data: bytes) -> tuple[tuple[int, ...], int]:
@@ -110,21 +123,42 @@ def verify_and_write(
         )
     return write_pte(
         path, data, example, program=extra.pop("program", "infer"), backend=backend,
-        max_abs_error=error, batch_statistics=batch_statistics, **extra,
+        max_abs_error=error, batch_statistics=batch_statistics, expected=(expected,),
+        bundle_atol=bound, **extra,
     )  # fmt: skip
 
 
 def write_pte(
-    path: str | os.PathLike[str], data: bytes, example: Tensor, **fields: Any
+    path: str | os.PathLike[str],
+    data: bytes,
+    example: Tensor,
+    *,
+    profile: DeviceProfile | None = None,
+    expected: tuple[Tensor, ...] | None = None,
+    bundle_atol: float = 0.0,
+    **fields: Any,
 ) -> ExportReport:
     """Write a verified program atomically; report its size and the memory plan read back
-    from its own bytes."""
+    from its own bytes (`profile`: the device whose banks it was planned into). With
+    `expected` (the method's outputs from PyTorch for `example`), also write the bundled
+    program `<stem>.bpte` for on-target verification within `bundle_atol`."""
+    from edgeadapt.export.bundled import BundledCase, write_bundled_program
+    from edgeadapt.export.memory_plan import plan_banks
+    from edgeadapt.export.runtime_estimate import estimate_runtime_bytes
+
     arenas, constants = program_memory(data)
+    runtime = estimate_runtime_bytes(data).bytes
+    banks = tuple(b.name for b in plan_banks(profile))[: len(arenas)] if profile else ()
     path = Path(path)
     atomic_write_bytes(path, data)
+    bundled = None
+    if expected is not None:
+        bundled = write_bundled_program(path, [BundledCase((example,), expected)])
     return ExportReport(
         path=path, format="executorch", file_bytes=len(data), input_shape=tuple(example.shape),
-        arena_bytes=arenas, constant_bytes=constants, **fields,
+        arena_bytes=arenas, constant_bytes=constants, arena_banks=banks,
+        planned_for=profile.key if profile else None, bundled_path=bundled,
+        bundled_atol=bundle_atol if bundled else None, runtime_bytes_estimate=runtime, **fields,
     )  # fmt: skip
 
 
@@ -137,18 +171,22 @@ def to_executorch(
     statistics: Statistics = "adapter",
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    device: DeviceProfile | str | None = None,
 ) -> ExportReport:
     """Export the prediction of `model` (a plain model or an Adapter; see `inference_module`)
     as an ExecuTorch program at `path`, for inputs shaped exactly like `example`.
 
     Verified against eager within `atol + rtol · max|logit|`: XNNPACK's fp32 kernels sum in
     another order, and BNs on batch statistics amplify that (ResNet-20 EcoTTA: 1.3e-3 on
-    logits of ~±10, measured; a plain model: 1e-5)."""
+    logits of ~±10, measured; a plain model: 1e-5). With `device` (a profile or its name), the
+    arena is planned into that device's RAM banks. A bundled program (`.bpte`, the example and
+    eager's output) is written beside the .pte."""
+    profile = load_profile(device) if isinstance(device, str) else device
     net, batch_stats = inference_module(model, statistics)
     example = example.detach()
     with torch.no_grad():
         expected = net(example)
-    data = lower(capture(net, example), backend)
+    data = lower(capture(net, example), backend, profile)
     return verify_and_write(
         data,
         path,
@@ -158,6 +196,7 @@ def to_executorch(
         rtol=rtol,
         backend=backend,
         batch_statistics=batch_stats,
+        profile=profile,
     )
 
 
@@ -174,6 +213,8 @@ class ExecuTorchRunner:
         return runner
 
     def _init(self, data: bytes, name: str) -> None:
+        # Registers the quantize/dequantize kernels, which int8 portable programs call.
+        import executorch.kernels.quantized  # noqa: F401
         from executorch.runtime import Runtime
 
         # A .pte is a flatbuffer whose identifier "ET" sits at bytes 4..6; checking it first

@@ -1,10 +1,10 @@
 """Does a program fit a device? Each planned arena must sit whole in one RAM bank; constants
 stay in flash on MCUs (read in place) and in RAM on Linux boards (the file is loaded).
 
-Placement is first-fit decreasing over the banks in the order internal-largest-first, then
-external RAM: the biggest buffer takes the biggest internal bank it fits in. ExecuTorch plans
-one arena per memory id; a program planned into several ids (banked planning) gives several
-buffers here, each placed on its own.
+ExecuTorch plans one arena per memory id. A program planned for the device's banks
+(`memory_plan`, `device=` at export) has one arena per bank, each checked against its bank.
+Otherwise placement is first-fit decreasing over the banks in the order internal-largest-
+first, then external RAM: the biggest buffer takes the biggest internal bank it fits in.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ class FitResult:
         placed = "; ".join(f"{p.item} ({p.bytes:,} B) in {p.where}" for p in self.placements)
         if self.fits:
             return f"fits {self.device}: {placed or 'nothing to place'}"
-        short = "; ".join(
-            f"{s.item} ({s.bytes:,} B) fits nowhere: {s.where} is {s.missing_bytes:,} B short"
-            for s in self.shortfalls
+        short = "; ".join(_shortfall_text(s) for s in self.shortfalls)
+        total = f"; {self.missing_bytes:,} B missing in all" if self.missing_bytes else ""
+        return f"does not fit {self.device}: {short}{total}" + (
+            f" (placed: {placed})" if placed else ""
         )
-        return f"does not fit {self.device}: {short}" + (f" (placed: {placed})" if placed else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,47 +68,97 @@ class FitResult:
         }
 
 
-def _sizes(report_or_sizes: ExportReport | Mapping[str, Any]) -> tuple[list[int], int]:
+def _shortfall_text(s: Shortfall) -> str:
+    if s.item == "XNNPACK delegate":
+        return "the program delegates to XNNPACK, which has no kernels for this CPU; export with backend 'portable'"
+    return f"{s.item} ({s.bytes:,} B) does not fit: {s.where} is {s.missing_bytes:,} B short"
+
+
+def _sizes(report_or_sizes: ExportReport | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(report_or_sizes, ExportReport):
         if report_or_sizes.constant_bytes is None:
             raise ValueError("check_fit needs an ExecuTorch report (ONNX has no memory plan)")
-        return list(report_or_sizes.arena_bytes), report_or_sizes.constant_bytes
-    arenas = report_or_sizes.get("arena_bytes", ())
+        d: Mapping[str, Any] = report_or_sizes.to_dict()
+    else:
+        d = report_or_sizes
+    arenas = d.get("arena_bytes", ())
     arenas = [int(arenas)] if isinstance(arenas, int) else [int(a) for a in arenas]
-    return arenas, int(report_or_sizes.get("constant_bytes", 0))
+    return {
+        "arenas": arenas,
+        "banks": list(d.get("arena_banks", ()) or ()),
+        "planned_for": d.get("planned_for"),
+        "constants": int(d.get("constant_bytes", 0) or 0),
+        "trainable": int(d.get("trainable_bytes", 0) or 0),
+        "runtime": int(d.get("runtime_bytes_estimate", 0) or 0),
+        "backend": d.get("backend"),
+    }
 
 
 def check_fit(
-    report_or_sizes: ExportReport | Mapping[str, Any], profile: DeviceProfile | str
+    report_or_sizes: ExportReport | Mapping[str, Any],
+    profile: DeviceProfile | str,
+    *,
+    include_runtime: bool = True,
 ) -> FitResult:
-    """Plan a program's arenas (and, on Linux boards, its constants) into the device's banks.
+    """Place a program's arenas (and, on Linux boards, its constants) into the device's banks.
 
     `report_or_sizes` is an ExecuTorch ExportReport or a mapping with `arena_bytes` (an int
-    or a list, one per arena) and `constant_bytes`.
+    or a list, one per arena), `constant_bytes`, and optionally `trainable_bytes`,
+    `arena_banks` and `planned_for` (see ExportReport). A program planned for this device's
+    banks (`planned_for` is its key) has each arena checked against the bank it was planned
+    for; other arenas are placed first-fit decreasing. On an MCU the trainable tensors of a
+    training program need RAM too: the runtime updates them in place. With
+    `include_runtime`, the runtime's own tables for the method (`runtime_bytes_estimate`, an
+    estimate) need RAM as well. XNNPACK programs do not run on MCUs (XNNPACK has no
+    Cortex-M or Xtensa kernels) and never fit one.
     """
     if isinstance(profile, str):
         profile = load_profile(profile)
-    arenas, constants = _sizes(report_or_sizes)
-    items: list[tuple[str, int]] = [(f"arena {i}", b) for i, b in enumerate(arenas) if b > 0]
+    sizes = _sizes(report_or_sizes)
+    arenas, constants = sizes["arenas"], sizes["constants"]
+    banked = sizes["planned_for"] == profile.key and len(sizes["banks"]) == len(arenas)
     placements: list[Placement] = []
     shortfalls: list[Shortfall] = []
+    if profile.kind == "mcu" and sizes["backend"] == "xnnpack":
+        shortfalls.append(Shortfall("XNNPACK delegate", 0, "CPU", 0))
+    banks = sorted(
+        profile.data_banks, key=lambda b: (b.external, -b.usable_bytes)
+    )  # internal, largest first; external RAM last
+    free = {b.name: b.usable_bytes for b in banks}
+    items: list[tuple[str, int]] = []
+    for i, size in enumerate(arenas):
+        if size <= 0:
+            continue
+        if not banked:
+            items.append((f"arena {i}", size))
+            continue
+        name = sizes["banks"][i]
+        if name in free and size <= free[name]:
+            free[name] -= size
+            placements.append(Placement(f"arena {i}", size, name))
+        else:
+            shortfalls.append(Shortfall(f"arena {i}", size, name, size - free.get(name, 0)))
+            free[name] = 0  # the arena fills its bank (and more): nothing else goes there
     if profile.kind == "mcu":
         flash = profile.flash_bytes - profile.flash_reserved_bytes
         if constants <= flash:
             placements.append(Placement("constants", constants, "flash"))
         else:
             shortfalls.append(Shortfall("constants", constants, "flash", constants - flash))
+        if sizes["trainable"] > 0:
+            items.append(("trainable tensors", sizes["trainable"]))
     elif constants > 0:
         items.append(("constants", constants))
-    banks = sorted(
-        profile.data_banks, key=lambda b: (b.external, -b.usable_bytes)
-    )  # internal, largest first; external RAM last
-    free = {b.name: b.usable_bytes for b in banks}
+    if sizes["runtime"] > 0 and include_runtime:
+        items.append(("runtime tables (est.)", sizes["runtime"]))
     for item, size in sorted(items, key=lambda t: -t[1]):
         bank = next((b for b in banks if free[b.name] >= size), None)
         if bank is None:
             closest = max(banks, key=lambda b: free[b.name])
             shortfalls.append(Shortfall(item, size, closest.name, size - free[closest.name]))
+            # Grown by the shortfall, that bank would be full: later items get none of it,
+            # so the missing bytes add up to what the device really lacks.
+            free[closest.name] = 0
             continue
         free[bank.name] -= size
         placements.append(Placement(item, size, bank.name))

@@ -28,6 +28,20 @@ class ExportReport:
     # delegate payloads).
     arena_bytes: tuple[int, ...] = ()
     constant_bytes: int | None = None
+    # Banked planning (`device=`): the bank each arena was planned for, in arena order, and
+    # the profile's key; empty / None for the default single-arena plan.
+    arena_banks: tuple[str, ...] = ()
+    planned_for: str | None = None
+    # Training programs: bytes of the trainable tensors. The runtime updates them in place,
+    # so on an MCU they must sit in RAM, not in flash with the other constants.
+    trainable_bytes: int = 0
+    # ExecuTorch: the bundled program (.bpte: the program, the example and PyTorch's expected
+    # outputs) and the absolute tolerance its outputs were verified within.
+    # ExecuTorch: the method allocator's bytes outside the plan (value table, tensor headers,
+    # instruction arguments), estimated for a 32-bit target (`runtime_estimate`).
+    runtime_bytes_estimate: int | None = None
+    bundled_path: Path | None = None
+    bundled_atol: float | None = None
     quantized: str | None = None  # "int8" for a PT2E-quantized frozen backbone
     # int8 only: max |int8 program − fp32 eager| and top-1 agreement with fp32 on the example.
     fp32_max_abs_error: float | None = None
@@ -42,6 +56,7 @@ class ExportReport:
         """A JSON-able dict (paths as strings, tuples as lists)."""
         out = dataclasses.asdict(self)
         out["path"] = str(self.path)
+        out["bundled_path"] = str(self.bundled_path) if self.bundled_path else None
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)

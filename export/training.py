@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeadapt.export._files import read_program_bytes
+from edgeadapt.export.devices import DeviceProfile, load_profile
 from edgeadapt.export.errors import (
     ExportError,
     ProgramFileError,
@@ -28,15 +29,18 @@ __all__ = ["TrainingRunner", "to_training_program", "training_step_module"]
 PREFIX = "model."  # the step modules hold the network as `.model`, like the adapter
 
 
-def training_step_module(adapter) -> nn.Module:
-    """The plain-op loss graph of an EcoTTA or Tent adapter (x -> loss, logits, kept)."""
+def training_step_module(adapter, *, quantize: str | None = None) -> nn.Module:
+    """The plain-op loss graph of an EcoTTA or Tent adapter (x -> loss, logits, kept);
+    `quantize="int8"` stores the frozen convolutions' weights int8 (`Int8WeightConv2d`)."""
     from edgeadapt.export.training_graph import EcoTTAStep, TentStep
 
+    if quantize not in (None, "int8"):
+        raise UnsupportedExportError(f"quantize must be 'int8' or None, got {quantize!r}")
     method = getattr(getattr(adapter, "config", None), "method", None)
     if method == "ecotta":
-        return EcoTTAStep(adapter)
+        return EcoTTAStep(adapter, int8=quantize == "int8")
     if method == "tent":
-        return TentStep(adapter)
+        return TentStep(adapter, int8=quantize == "int8")
     raise UnsupportedExportError(
         f"training programs exist for 'ecotta' and 'tent'; got {method!r}. Export its "
         "prediction with program='infer' instead"
@@ -50,22 +54,31 @@ def to_training_program(
     *,
     atol: float = 1e-4,
     rtol: float = 1e-2,
+    device: DeviceProfile | str | None = None,
+    quantize: str | None = None,
 ) -> ExportReport:
     """Export one adaptation step of `adapter` for batches shaped like `example`.
 
     Verified before writing: the program's loss, logits and gradients on `example` against
     eager autograd on the same graph; `max_abs_error` is the largest difference of the three.
+    With `device`, the arena is planned into that device's RAM banks (`memory_plan`).
+    `quantize="int8"`: the frozen convolutions' weights are stored int8 and dequantized in
+    the graph; activations stay fp32 (PT2E's activation quantization has no gradient).
     """
     from executorch.exir import to_edge
     from torch.export.experimental import _export_forward_backward
 
     from edgeadapt.export.executorch_program import capture, write_pte
+    from edgeadapt.export.memory_plan import backend_config
+    from edgeadapt.export.training_passes import input_free_conv_backward
 
-    step = training_step_module(adapter)
+    profile = load_profile(device) if isinstance(device, str) else device
+    step = training_step_module(adapter, quantize=quantize)
     example = example.detach()
     try:
         exported = _export_forward_backward(capture(step, example))
-        data = to_edge(exported).to_executorch().buffer
+        input_free_conv_backward(exported)
+        data = to_edge(exported).to_executorch(backend_config(profile)).buffer
     except ExportError:
         raise
     except Exception as exc:
@@ -99,9 +112,22 @@ def to_training_program(
             f"the training program's {names[worst]} differs from eager by {errors[worst]:.3g} "
             f"(beyond atol {atol:g} + rtol {rtol:g}·max|eager|); not written"
         )
+    trainable_bytes = sum(p.numel() * p.element_size() for p in trainable.values())
+    # The bundled expected outputs, in the method's order: loss, logits, kept, then the
+    # gradients and the parameters in the order of the program's signature.
+    order = [
+        _strip(spec.target)
+        for spec in exported.graph_signature.output_specs
+        if spec.kind.name == "GRADIENT_TO_PARAMETER"
+    ]
+    _, _, kept = step(example)
+    expected = (loss.detach(), logits, kept, *(grads[k] for k in order))
+    expected += tuple(trainable[k].detach() for k in order)
+    bound = max(atol + rtol * sc for sc in scales)
     return write_pte(
         path, data, example, program="adapt", backend="portable", max_abs_error=max(errors),
-        batch_statistics=True,
+        batch_statistics=True, profile=profile, trainable_bytes=trainable_bytes,
+        quantized=quantize, expected=expected, bundle_atol=bound,
         notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",),
     )  # fmt: skip
 

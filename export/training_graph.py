@@ -3,7 +3,9 @@
 ExecuTorch trains a program whose first output is the loss: `_export_forward_backward` adds
 the backward graph and makes the gradients and trainable parameters extra outputs. These
 modules compute the same loss as the eager methods with plain tensor ops only (no lean
-autograd Functions, no train-mode BN op, no data-dependent shapes).
+autograd Functions, no train-mode BN op, no data-dependent shapes), chosen so the backward
+keeps little (`training_ops`): the memory-lean eager path, rebuilt from ops the exporter
+differentiates itself.
 
 Differences from eager, on purpose:
 - EcoTTA keeps samples with entropy < margin·ln C by a 0/1 mask instead of boolean indexing
@@ -11,6 +13,8 @@ Differences from eager, on purpose:
   returns `kept = 0` and the runner skips the optimiser step, so both agree.
 - Running statistics are not updated (eager's meta BNs track them only for the source-
   statistics fallback; predictions on batch statistics do not read them).
+- A batch of one is allowed: BNs on batch statistics then use the frame's own spatial
+  statistics (eager adapters refuse a batch of one; `small_batch="predict"` there).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeadapt.export.graph import plain_copy, replace_batchnorms
+from edgeadapt.export.training_ops import int8_frozen_convs, lean_abs, make_lean_for_training
 
 __all__ = ["EcoTTAStep", "TentStep"]
 
@@ -61,7 +66,7 @@ def _entropy(logits: Tensor) -> Tensor:
 class EcoTTAStep(nn.Module):
     """x -> (loss, logits, kept): entropy over confident samples + λ · mean part L1."""
 
-    def __init__(self, adapter) -> None:
+    def __init__(self, adapter, *, int8: bool = False) -> None:
         from edgeadapt.modules.meta import MetaPart
 
         super().__init__()
@@ -74,6 +79,9 @@ class EcoTTAStep(nn.Module):
         for part in self.parts:  # trainable by structure, as EcoTTAAdapter.trainable_parameters
             part.adapter_bn.requires_grad_(True)
             part.adapter_conv.requires_grad_(True)
+        make_lean_for_training(net)
+        if int8:
+            int8_frozen_convs(net)
         self.model = net
         self.threshold = float(adapter.entropy_threshold)
         self.reg_weight = float(adapter.config.reg_weight)
@@ -95,7 +103,7 @@ class EcoTTAStep(nn.Module):
         ent_loss = (ent * keep).sum() / torch.clamp(kept, min=1.0)
         reg = torch.zeros((), dtype=logits.dtype)
         for frozen, adapted in pairs:
-            reg = reg + (adapted - frozen.detach()).abs().mean()
+            reg = reg + lean_abs(adapted - frozen.detach()).mean()
         loss = ent_loss + self.reg_weight * reg / max(len(pairs), 1)
         return loss, logits.detach(), kept.detach()
 
@@ -103,7 +111,7 @@ class EcoTTAStep(nn.Module):
 class TentStep(nn.Module):
     """x -> (loss, logits, kept): mean entropy; every BN on batch statistics, affine trains."""
 
-    def __init__(self, adapter) -> None:
+    def __init__(self, adapter, *, int8: bool = False) -> None:
         from edgeadapt.export.graph import PlainBatchNorm2d
 
         super().__init__()
@@ -115,6 +123,9 @@ class TentStep(nn.Module):
             if isinstance(m, PlainBatchNorm2d) and m.batch_statistics and m.weight is not None:
                 m.weight.requires_grad_(True)
                 m.bias.requires_grad_(True)
+        make_lean_for_training(net)
+        if int8:
+            int8_frozen_convs(net)
         net.eval()
         self.model = net
 

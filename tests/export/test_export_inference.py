@@ -100,3 +100,42 @@ def test_non_exportable_model_is_an_export_error(tmp_path):
     with pytest.raises(ExportError, match="could not capture"):
         to_executorch(_DataDependent(), X, tmp_path / "bad.pte")
     assert not (tmp_path / "bad.pte").exists()
+
+
+def test_bundled_program_verifies_and_catches_wrong_expectations(ecotta_pte, tmp_path):
+    from edgeadapt.export import VerificationError
+    from edgeadapt.export.bundled import BundledCase, verify_bundled_program, write_bundled_program
+
+    _, report = ecotta_pte
+    assert report.bundled_path.exists() and report.bundled_atol > 0
+    (outputs,) = verify_bundled_program(report.bundled_path, atol=report.bundled_atol)
+    assert (outputs[0] - ExecuTorchRunner(report.path).run(X)).abs().max() < 1e-6
+    wrong = tmp_path / "wrong.pte"
+    wrong.write_bytes(report.path.read_bytes())
+    bundle = write_bundled_program(wrong, [BundledCase((X,), (outputs[0] + 0.5,))])
+    with pytest.raises(VerificationError, match="test case 0"):
+        verify_bundled_program(bundle, atol=report.bundled_atol)
+    data = report.bundled_path.read_bytes()
+    (tmp_path / "half.bpte").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ProgramFileError, match="bundled"):
+        verify_bundled_program(tmp_path / "half.bpte", atol=1.0)
+
+
+def test_corrupted_program_tables_are_a_typed_error(ecotta_pte, tmp_path):
+    _, report = ecotta_pte
+    data = bytearray(report.path.read_bytes())
+    data[8:72] = bytes(range(64))  # the flatbuffer's root tables, past the 'ET' identifier
+    (tmp_path / "bad.pte").write_bytes(bytes(data))
+    with pytest.raises(ProgramFileError, match="truncated or corrupted"):
+        ExecuTorchRunner(tmp_path / "bad.pte")
+
+
+class _Inverse(torch.nn.Module):
+    def forward(self, x):
+        return torch.linalg.inv(x[:, 0, :4, :4] + 4 * torch.eye(4))  # no ExecuTorch kernel
+
+
+def test_op_outside_executorch_is_an_export_error_naming_it(tmp_path):
+    with pytest.raises(ExportError, match="linalg_inv"):
+        to_executorch(_Inverse(), X, tmp_path / "inv.pte", backend="portable")
+    assert not (tmp_path / "inv.pte").exists()

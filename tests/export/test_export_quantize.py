@@ -57,12 +57,61 @@ def test_command_exports_onnx_and_writes_json(tmp_path):
     "argv, match",
     [
         (["--format", "onnx", "--program", "adapt", "--method", "ecotta"], "ONNX"),
-        (["--program", "adapt", "--quantize", "int8", "--method", "ecotta"], "int8"),
+        (["--format", "onnx", "--quantize", "int8"], "ONNX"),
         (["--program", "adapt", "--method", "cotta"], "'ecotta' and 'tent'"),
-        (["--format", "onnx", "--device", "stm32h743"], "--device needs"),
+        (["--format", "onnx", "--device", "stm32h743"], "--device"),
     ],
 )
 def test_command_rejects_what_is_not_implemented(argv, match):
     args = _parse(["--model", "tiny_resnet", *argv])
     with pytest.raises(UnsupportedExportError, match=match):
         args.func(args)
+
+
+def test_command_rejects_an_unknown_device_before_exporting(tmp_path):
+    from edgeadapt.export import UnknownDeviceError
+
+    args = _parse(["--model", "tiny_resnet", "--device", "stm32h999", "--out", str(tmp_path)])
+    with pytest.raises(UnknownDeviceError, match="stm32h743"):
+        args.func(args)
+    assert not list(tmp_path.iterdir())
+
+
+def test_command_reports_a_program_that_does_not_fit(tmp_path):
+    from edgeadapt.export import load_profile
+
+    text = load_profile("nrf52840").path.read_text()
+    small = tmp_path / "small_mcu.toml"
+    small.write_text(text.replace("bytes = 262144", "bytes = 2048"))
+    out = tmp_path / "r.json"
+    args = _parse(
+        ["--model", "tiny_resnet", "--backend", "portable", "--batch", "2", "--input-size", "16",
+         "--device", str(small), "--out", str(tmp_path), "--json", str(out)]
+    )  # fmt: skip
+    assert args.func(args) == 3
+    report = json.loads(out.read_text())
+    assert report["planned_for"] == "small_mcu" and not report["fit"]["fits"]
+    assert report["fit"]["missing_bytes"] > 0 and "RAM is" in report["fit"]["message"]
+    assert (tmp_path / "tiny_resnet_source_infer.bpte").exists()
+
+
+def test_int8_portable_program_computes_the_reference_and_dequantizes_late(tmp_path):
+    from edgeadapt.export.executorch_program import capture, lower, program_memory
+    from edgeadapt.export.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    model = edgeadapt.create_model("tiny_resnet").eval()
+    gen = torch.Generator().manual_seed(5)
+    calibration = [torch.randn(2, 3, 16, 16, generator=gen) for _ in range(3)]
+    report = to_executorch_int8(
+        model, calibration[0], tmp_path / "q.pte", calibration=calibration, backend="portable"
+    )
+    # The portable kernels do PyTorch's reference arithmetic; only fp32 sums in another order
+    # can move a value across a rounding boundary (one int8 step of the logits, ~0.02 here).
+    assert report.backend == "portable" and report.max_abs_error < 0.05
+    # PT2E dequantizes every weight at the top of the graph; unmoved, all of them sit in the
+    # arena from the start.
+    early = lower(
+        capture(quantize_int8(model, calibration[0], calibration), calibration[0]), "portable"
+    )
+    assert report.total_arena_bytes < sum(program_memory(early)[0])
