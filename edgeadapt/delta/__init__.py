@@ -44,6 +44,12 @@ from edgeadapt.delta.sparse_conv import (
     sparse_conv2d,
     write_pixels_,
 )
+from edgeadapt.delta.sparse_elements import (
+    ElementDelta,
+    conv2d_elements_,
+    element_delta,
+    element_weight_rows,
+)
 from edgeadapt.delta.sparse_ops import conv2d_macs, linear_macs, sparse_linear, sparse_linear_
 from edgeadapt.delta.structure import deltaify_modules, strip_delta
 from edgeadapt.delta.timing import TimingResult, time_delta_layer, time_delta_layers
@@ -59,17 +65,21 @@ __all__ = [
     "DeltaStateError",
     "DistillConfig",
     "DistillResult",
+    "ElementDelta",
     "MacCount",
     "NotDeltaifiedError",
     "PixelDelta",
     "TimingResult",
     "collect_delta_activations",
     "conv2d_delta_",
+    "conv2d_elements_",
     "conv2d_macs",
     "delta_activations",
     "deltaify",
     "deltaify_modules",
     "distill_for_sparsity",
+    "element_delta",
+    "element_weight_rows",
     "forward_with_sparsity",
     "linear_macs",
     "load_delta_weights",

@@ -7,11 +7,12 @@ softened logits, or MSE on logits. The student (a copy) learns weights and quant
 that keep its predictions while making consecutive frames' activations stay on the same
 grid points. Clips are consecutive frames, laid out clip-major as the penalty expects.
 
-Granularity. `temporal_sparsity_loss` (element) counts every changed activation. The CPU
-runtime (`DeltaConv2d`) skips whole *pixels*: a pixel costs its full fan-out if any channel
-changed. `pixel_sparsity_loss` is the matching relaxation, a group-lasso over channels: per
-pixel the L2 norm of Δ in quantiser steps (>= 1 for every changed pixel), MAC-weighted like
-the element penalty, so it upper-bounds the fraction of pixel-sparse MACs performed.
+Granularity. `temporal_sparsity_loss` (element) counts every changed activation: the MACs
+the runtime's element-sparse conv path (`sparse_elements`) performs. Its pixel path skips
+only whole pixels (a pixel costs its full fan-out if any channel changed);
+`pixel_sparsity_loss` is the matching relaxation, a group-lasso over channels: per pixel
+the L2 norm of Δ in quantiser steps (>= 1 for every changed pixel), MAC-weighted like the
+element penalty, so it upper-bounds the fraction of pixel-sparse MACs performed.
 """
 
 from __future__ import annotations

@@ -26,11 +26,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeadapt.delta.errors import DeltaStateError
-from edgeadapt.delta.sparse_conv import conv2d_delta_, conv_weight_rows, pixel_delta, write_pixels_
+from edgeadapt.delta.sparse_conv import conv2d_delta_, conv_weight_rows, pixel_delta
+from edgeadapt.delta.sparse_elements import conv2d_elements_, element_delta, element_weight_rows
 from edgeadapt.delta.sparse_ops import conv2d_macs, linear_macs, sparse_linear_
 from edgeadapt.errors import ConfigError
 
-__all__ = ["DeltaConv2d", "DeltaLayer", "DeltaLinear", "MacCount", "size_buffers_for_load"]
+# Relative cost per MAC of the sparse paths against a dense conv (oneDNN, float64, one
+# thread), measured on a 2-core x86 CPU for ResNet-20 layers at 54×96: scattering single
+# elements costs ~10× a dense MAC, the pixel path's matmul + scatter ~3×. Path choice only
+# changes speed, never the result.
+ELEMENT_COST = 10.0
+PIXEL_COST = 3.0
+
+__all__ = [
+    "ELEMENT_COST",
+    "PIXEL_COST",
+    "DeltaConv2d",
+    "DeltaLayer",
+    "DeltaLinear",
+    "MacCount",
+    "size_buffers_for_load",
+]
 
 
 def size_buffers_for_load(
@@ -105,6 +121,10 @@ class DeltaLayer(nn.Module):
     def _dense(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _state_layout(self, y: Tensor) -> torch.memory_format:
+        """Memory layout of y_prev: whatever the sparse path accumulates into fastest."""
+        return torch.contiguous_format
+
     def _accumulate_(self, x: Tensor, max_macs: int) -> int | None:
         """y_prev += W·(x - x_prev) in place and x_prev = x; returns the MACs performed.
 
@@ -130,10 +150,10 @@ class DeltaLayer(nn.Module):
             performed = self._accumulate_(x, int(self.sparse_threshold * dense_macs))
         if performed is None:  # first frame, or too dense to pay: a dense pass re-anchors
             y, performed = self._dense(x), dense_macs
-            self.y_prev = y.clone(memory_format=torch.contiguous_format)
+            self.y_prev = y.clone(memory_format=self._state_layout(y))
             self.x_prev = x.clone(memory_format=torch.contiguous_format)
-        else:
-            y = self.y_prev.clone()  # a copy: a downstream in-place op must not edit our state
+        else:  # a copy: a downstream in-place op must not edit our state
+            y = self.y_prev.clone(memory_format=torch.contiguous_format)
         self.primed.fill_(True)
         self.last_macs = MacCount(dense_macs, performed)
         self.macs = self.macs + self.last_macs
@@ -141,52 +161,101 @@ class DeltaLayer(nn.Module):
 
 
 class DeltaConv2d(DeltaLayer):
-    """Streaming delta version of an `nn.Conv2d` (zero padding; grouped convs run dense).
+    """Streaming delta version of an `nn.Conv2d` (zero padding; any groups).
 
-    Keeps a second copy of the weights in the (kh·kw·O, C) layout of the pixel-sparse path
-    (an edge build would keep only that layout).
+    Per frame it measures Δx and takes the path with the lowest estimated time: element-sparse
+    (`sparse_elements`: only the non-zero Δ elements, the paper's MAC count), pixel-sparse
+    (`sparse_conv`: whole changed pixels, one matmul; groups == 1) or a dense re-anchoring
+    pass. Estimated time = MACs × the path's relative cost per MAC (`element_cost`,
+    `pixel_cost`, dense = 1); a cost of 1.0 makes a path win whenever it has the fewest MACs.
+    y_prev is kept channels-last, the layout the element path adds rows into. Keeps extra
+    copies of the weights in the sparse paths' layouts (an edge build would keep one).
     """
 
-    def __init__(self, conv: nn.Conv2d, *, sparse_threshold: float = 0.3) -> None:
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        *,
+        sparse_threshold: float = 0.3,
+        element_cost: float = ELEMENT_COST,
+        pixel_cost: float = PIXEL_COST,
+    ) -> None:
         super().__init__(sparse_threshold)
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ConfigError(
                 f"DeltaConv2d supports zero padding given as numbers; got padding_mode="
                 f"{conv.padding_mode!r}, padding={conv.padding!r}"
             )
+        if element_cost <= 0 or pixel_cost <= 0:
+            raise ConfigError(f"path costs must be > 0, got {element_cost}, {pixel_cost}")
+        self.element_cost, self.pixel_cost = element_cost, pixel_cost
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         bias = None if conv.bias is None else conv.bias.detach().clone()
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
         self.register_buffer("weight_rows", torch.empty(0), persistent=False)
+        self.register_buffer("element_rows", torch.empty(0), persistent=False)
         self._refresh_layouts()
         self.reset_state()
+        self.last_path = "dense"  # which path the latest frame took; diagnostics
 
     def _refresh_layouts(self) -> None:
-        self.weight_rows = conv_weight_rows(self.weight)
+        self.weight_rows = conv_weight_rows(self.weight) if self.groups == 1 else self.weight
+        self.element_rows = element_weight_rows(self.weight, self.groups)
+
+    def _state_layout(self, y: Tensor) -> torch.memory_format:
+        return torch.channels_last
 
     def _dense(self, x: Tensor) -> Tensor:
+        self.last_path = "dense"
         return F.conv2d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
 
     def _accumulate_(self, x: Tensor, max_macs: int) -> int | None:
-        if self.groups != 1:  # no sparse kernel for grouped/depthwise yet: recompute densely
-            return None
-        delta = pixel_delta(x, self.x_prev)
-        macs = conv2d_delta_(
+        if not self.y_prev.is_contiguous(memory_format=torch.channels_last):
+            self.y_prev = self.y_prev.contiguous(memory_format=torch.channels_last)  # loaded
+        dense = self._dense_macs(x)
+        geometry = (self.stride, self.padding, self.dilation)
+        diff = x - self.x_prev
+        count = int(torch.count_nonzero(diff))  # cheaper than listing them: decide first
+        kh, kw = self.weight.shape[2:]
+        out_per_group = self.weight.shape[0] // self.groups
+        element_macs = count * kh * kw * out_per_group  # upper bound: all taps land
+        budget = min(max_macs, dense / self.element_cost)
+        if self.groups == 1 and element_macs * self.element_cost > dense * self.pixel_cost / 2:
+            # Dense-ish Δ: the pixel path's matmul may beat per-element scatter; measure it.
+            pixels = pixel_delta(x, self.x_prev)
+            pixel_macs = pixels.values.shape[0] * pixels.pix.numel() * kh * kw * out_per_group
+            if pixel_macs * self.pixel_cost < element_macs * self.element_cost:
+                macs = conv2d_delta_(
+                    self.y_prev,
+                    pixels,
+                    self.weight,
+                    *geometry,
+                    weight_rows=self.weight_rows,
+                    max_macs=int(min(max_macs, dense / self.pixel_cost)),
+                )
+                if macs is not None:
+                    self.last_path = "pixel"
+                    self.x_prev.copy_(x)
+                return macs
+        if element_macs > budget and (self.stride == (1, 1) or count * out_per_group > budget):
+            return None  # a dense pass is cheaper (strided: taps that miss are not computed)
+        delta = element_delta(diff)
+        macs = conv2d_elements_(
             self.y_prev,
             delta,
-            self.weight,
-            self.stride,
-            self.padding,
-            self.dilation,
-            weight_rows=self.weight_rows,
-            max_macs=max_macs,
+            self.element_rows,
+            (kh, kw),
+            *geometry,
+            self.groups,
+            max_macs=int(budget),
         )
-        if macs is not None:  # unchanged pixels already hold x's values: copy only the rest
-            write_pixels_(self.x_prev, x, delta.pix)
+        if macs is not None:
+            self.last_path = "element"
+            self.x_prev.copy_(x)
         return macs
 
     def _dense_macs(self, x: Tensor) -> int:

@@ -26,6 +26,8 @@ from torch import Tensor, fx, nn
 from edgeadapt.delta.deltaify import delta_activations
 from edgeadapt.delta.errors import DeltaStateError, NotDeltaifiedError
 from edgeadapt.delta.layers import (
+    ELEMENT_COST,
+    PIXEL_COST,
     DeltaConv2d,
     DeltaLayer,
     DeltaLinear,
@@ -45,6 +47,11 @@ class DeltaRuntimeConfig:
     sparse_threshold: float = 0.3  # per layer: non-zero fraction of Δx above which to go dense
     anchor_every: int = 0  # also re-anchor every N frames (0: never; float64 does not drift)
     dtype: Literal["float64", "float32"] = "float64"  # accumulation dtype of weights and state
+    # Conv path choice (`DeltaConv2d`): relative cost per MAC of the element- and pixel-sparse
+    # paths vs dense. The defaults minimise wall-clock on a desktop CPU; 1.0 / 1.0 (with
+    # sparse_threshold=1.0) minimises MACs instead, making the runtime's count the element count.
+    element_cost: float = ELEMENT_COST
+    pixel_cost: float = PIXEL_COST
 
     def __post_init__(self) -> None:
         for name in ("scene_cut_threshold", "sparse_threshold"):
@@ -52,6 +59,11 @@ class DeltaRuntimeConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.anchor_every < 0:
             raise ConfigError(f"anchor_every must be >= 0 (0 disables), got {self.anchor_every}")
+        if self.element_cost <= 0 or self.pixel_cost <= 0:
+            raise ConfigError(
+                f"element_cost and pixel_cost must be > 0, got {self.element_cost}, "
+                f"{self.pixel_cost}"
+            )
         if self.dtype not in ("float64", "float32"):
             raise ConfigError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
 
@@ -180,7 +192,10 @@ def to_delta_runtime(model: nn.Module, config: DeltaRuntimeConfig | None = None)
     for name, mod in list(work.named_modules()):
         if isinstance(mod, nn.Conv2d):
             new: nn.Module = DeltaConv2d(
-                _numeric_padding(mod), sparse_threshold=config.sparse_threshold
+                _numeric_padding(mod),
+                sparse_threshold=config.sparse_threshold,
+                element_cost=config.element_cost,
+                pixel_cost=config.pixel_cost,
             )
         elif isinstance(mod, nn.Linear):
             new = DeltaLinear(mod, sparse_threshold=config.sparse_threshold)

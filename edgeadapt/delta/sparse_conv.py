@@ -12,7 +12,8 @@ changed (one pass over the full maps: max |Δ| over channels) and gathers their 
   strided convs, where pixel-sparse computes taps that land nowhere), a dense conv over only
   the changed channels.
 
-Exact up to float summation order. Grouped convs are not handled here (callers go dense).
+Exact up to float summation order. Grouped convs are not handled here (`DeltaConv2d` sends
+them to the element-sparse path, `sparse_elements`, which handles any groups).
 """
 
 from __future__ import annotations

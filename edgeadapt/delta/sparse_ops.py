@@ -13,6 +13,8 @@ from torch import Tensor
 
 from edgeadapt.errors import InputError
 
+ELEMENT_OVER_MATMUL = 4  # rough cost of one scattered MAC vs one in addmm (float64, CPU)
+
 __all__ = [
     "conv2d_macs",
     "conv_out_size",
@@ -64,7 +66,9 @@ def sparse_linear_(
     """In place y += Δx · Wᵀ over only the input features that changed (in any row).
 
     Δx = x - x_prev, or x itself when `x_prev` is None. `weight_t` is the weight transposed to
-    (in, out), contiguous, so the changed features are a contiguous row gather. Returns the
+    (in, out), contiguous, so the changed features are a contiguous row gather; for a batch
+    whose changes are scattered (few per row, different features) it adds each non-zero
+    element's weight row instead (element-sparse). Returns the
     MACs performed, or None, leaving y untouched, if they would exceed `max_macs` (the caller
     then does a dense pass instead).
     """
@@ -75,8 +79,19 @@ def sparse_linear_(
             f"got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     rows = x.reshape(-1, n_in) if x_prev is None else (x - x_prev).reshape(-1, n_in)
-    cols = rows.ne(0).any(0).nonzero().squeeze(1)
+    changed = rows.ne(0)
+    cols = changed.any(0).nonzero().squeeze(1)
     macs = rows.shape[0] * cols.numel() * n_out
+    if rows.shape[0] > 1:  # batch-1 (the runtime) is element-exact already; batches may not be
+        elements = int(changed.sum())
+        # Per-element scatter costs several times a matmul MAC: only when much sparser.
+        if elements * n_out * ELEMENT_OVER_MATMUL < macs:
+            if max_macs is not None and elements * n_out > max_macs:
+                return None
+            r, c = changed.nonzero().unbind(1)
+            contrib = weight_t.index_select(0, c).mul_(rows[r, c].unsqueeze(1))
+            y.view(-1, n_out).index_add_(0, r, contrib)
+            return elements * n_out
     if max_macs is not None and macs > max_macs:
         return None
     if macs:

@@ -75,12 +75,14 @@ def time_delta_layer(
     repeats: int = 20,
     seed: int = 0,
     num_threads: int | None = None,
+    conv_path: Literal["element", "pixel"] = "element",
 ) -> TimingResult:
     """Time one layer: `channels` in and out, a `size`×`size` map (linear: channels·16 wide).
 
     `pattern` says what is unchanged: whole pixels (all channels, typical of video), single
     elements, or whole channels. `num_threads` sets torch's intra-op threads for the
-    measurement (restored afterwards); None keeps the current setting.
+    measurement (restored afterwards); None keeps the current setting. `conv_path` picks
+    the convs' sparse path (`DeltaConv2d`): element-sparse or whole changed pixels.
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ConfigError(f"sparsity must be in [0, 1], got {sparsity}")
@@ -96,11 +98,12 @@ def time_delta_layer(
     else:
         raise ConfigError(f"op must be 'linear', 'conv1x1' or 'conv3x3', got {op!r}")
     dense = dense.to(dtype).eval()
-    # Always sparse (threshold 1.0): we are measuring the sparse path itself.
+    # Always sparse (threshold 1.0; the other path priced out): we time the sparse path itself.
+    costs = (1.0, 1e3) if conv_path == "element" else (1e3, 1.0)
     delta: DeltaLayer = (
         DeltaLinear(dense, sparse_threshold=1.0)
         if isinstance(dense, nn.Linear)
-        else DeltaConv2d(dense, sparse_threshold=1.0)
+        else DeltaConv2d(dense, sparse_threshold=1.0, element_cost=costs[0], pixel_cost=costs[1])
     )
     x0 = torch.rand(shape, generator=gen, dtype=dtype)
     change = torch.rand(shape, generator=gen).to(dtype)
