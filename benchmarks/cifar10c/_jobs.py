@@ -25,8 +25,13 @@ def bench_command(name: str, out_dir: Path, args: Sequence[str]) -> list[str]:
 
 def run_parallel(jobs: dict[str, list[str]], out_dir: Path, workers: int) -> dict[str, int]:
     """Run `jobs` (name -> argv), at most `workers` at once; each logs to out_dir/<name>.log.
+    A job whose JSON is already in out_dir is not run again, so an interrupted sweep resumes.
     Returns each job's exit code; a failed job does not stop the others."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    done = [name for name in jobs if (out_dir / f"{name}.json").is_file()]
+    if done:
+        print(f"already done, kept: {', '.join(done)}", flush=True)
+    jobs = {name: argv for name, argv in jobs.items() if name not in done}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def one(item: tuple[str, list[str]]) -> tuple[str, int]:
@@ -37,8 +42,8 @@ def run_parallel(jobs: dict[str, list[str]], out_dir: Path, workers: int) -> dic
         print(f"{name:32s} rc={rc} {time.time() - start:6.0f} s", flush=True)
         return name, rc
 
-    with ThreadPoolExecutor(workers) as pool:
-        return dict(pool.map(one, jobs.items()))
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        return {**dict.fromkeys(done, 0), **dict(pool.map(one, jobs.items()))}
 
 
 def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = None) -> dict:

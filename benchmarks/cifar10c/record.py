@@ -37,7 +37,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--methods", default=None, help="a subset of the suite's methods")
-    ap.add_argument("--n-images", type=int, default=None, help="smoke runs only")
+    ap.add_argument(
+        "--n-images", type=int, default=None, help="a subset of each domain (labelled as such)"
+    )
     ap.add_argument(
         "--overrides",
         default=None,
@@ -48,7 +50,8 @@ def main() -> None:
     methods, rounds = SUITES[args.suite]
     if args.methods:
         methods = [m for m in args.methods.split(",") if m]
-    out = Path(args.out or HERE / f"record_{args.suite}_runs")
+    subset = f"_n{args.n_images}" if args.n_images else ""
+    out = Path(args.out or HERE / f"record_{args.suite}{subset}_runs")
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
               "--data", args.data, "--protocol", args.suite, "--rounds", str(rounds),
               "--device", args.device]  # fmt: skip
@@ -61,10 +64,13 @@ def main() -> None:
     run_parallel(jobs, out, args.workers)
     payload = merge(out, methods)
     payload["meta"] = {"rounds": rounds, "severity": 5, "batch": 64, **vars(args)}
-    stem = HERE / f"record_{args.suite}"
+    # A subset run (--n-images) never overwrites the full run's files.
+    stem = HERE / (f"record_{args.suite}" + (f"_n{args.n_images}" if args.n_images else ""))
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     results = results_from_json(payload)
     title = f"ResNet-20, CIFAR-10-C (JPEG) severity 5, {args.suite}, {rounds} round(s), batch 64"
+    if args.n_images:
+        title += f", first {args.n_images} images of each domain"
     table = markdown_table(results)
     stem.with_suffix(".md").write_text(f"{title}\n\n{table}\n\nmissing: {payload['missing']}\n")
     plot_results(results, stem.with_suffix(".png"), title)

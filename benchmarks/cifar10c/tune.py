@@ -65,18 +65,20 @@ def main() -> None:
     if args.n_images:
         common += ["--n-images", str(args.n_images)]
     wanted = args.only.split(",") if args.only else list(VARIANTS)
+    if unknown := [w for w in wanted if w not in VARIANTS]:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     jobs = {m: bench_command(m, out, [*common, "--methods", m]) for m in BASELINES}
-    labels = {}
     for label in wanted:
         name = _slug(label)
-        labels[name] = f"ecotta {label}"
         extra = ["--overrides", json.dumps({"ecotta": VARIANTS[label]})]
         extra += ["--warmup-steps", str(WARMUP.get(label, 500))]
         jobs[name] = bench_command(name, out, [*common, "--methods", "ecotta", *extra])
     start = time.time()
     run_parallel(jobs, out, args.workers)
-    payload = merge(out, list(jobs), labels)
-    payload["meta"] = {"variants": {labels[_slug(k)]: VARIANTS[k] for k in wanted}, **vars(args)}
+    # Everything in `out`, including variants of earlier (resumed or --only) runs.
+    every = {_slug(label): f"ecotta {label}" for label in VARIANTS}
+    payload = merge(out, BASELINES + list(every), every)
+    payload["meta"] = {"variants": {f"ecotta {k}": v for k, v in VARIANTS.items()}, **vars(args)}
     (HERE / "tune.json").write_text(json.dumps(payload, indent=2) + "\n")
     results = results_from_json(payload)
     subset = f", first {args.n_images} images of each domain" if args.n_images else ""
