@@ -33,8 +33,12 @@ from edgeadapt.delta.errors import NotDeltaifiedError
 from edgeadapt.delta.penalty import (
     ActivationRecord,
     collect_delta_activations,
+    frame_deltas,
+    mac_weighted_mean,
+    step_like,
     temporal_sparsity_loss,
 )
+from edgeadapt.delta.quantize import DeltaActivation
 from edgeadapt.delta.structure import strip_delta
 from edgeadapt.errors import CheckpointMismatchError, ConfigError, InputError
 
@@ -95,27 +99,15 @@ class DistillResult:
 
 def pixel_sparsity_loss(records: list[ActivationRecord], clip_length: int) -> Tensor:
     """MAC-weighted mean over pixels of ||Δa / q||₂ across channels (module docstring)."""
-    if clip_length < 2:
-        raise ConfigError(f"clip_length must be >= 2 to have consecutive frames, got {clip_length}")
-    if not records:
-        raise InputError("no activations recorded; run the model inside collect_delta_activations")
-    means, weights = [], []
-    for quantiser, act in records:
-        if act.shape[0] % clip_length:
-            raise InputError(
-                f"batch of {act.shape[0]} frames is not a whole number of clips of {clip_length}"
-            )
-        step = quantiser.step.to(act.dtype).view(1, -1, *([1] * (act.dim() - 2)))
-        clips = (act / step).reshape(act.shape[0] // clip_length, clip_length, act.shape[1], -1)
-        delta = clips[:, 1:] - clips[:, :-1]
+
+    def layer(quantiser: DeltaActivation, act: Tensor) -> Tensor:
+        delta = frame_deltas(act / step_like(quantiser, act), clip_length)
+        delta = delta.reshape(*delta.shape[:2], act.shape[1], -1)  # (N, T-1, C, pixels)
         # eps inside the root keeps its gradient at an exact zero finite (0, not NaN);
         # subtracting sqrt(eps) keeps the penalty of an unchanged pixel exactly 0.
-        means.append(((delta.pow(2).sum(2) + 1e-12).sqrt() - 1e-6).mean())
-        weights.append(float(quantiser.fan_out_macs) * act[0].numel())
-    w = torch.tensor(weights, dtype=means[0].dtype, device=means[0].device)
-    if float(w.sum()) == 0.0:  # no fan-outs known: weigh layers by size
-        w = torch.tensor([float(a[0].numel()) for _, a in records], dtype=w.dtype, device=w.device)
-    return (torch.stack(means) * w).sum() / w.sum()
+        return ((delta.pow(2).sum(2) + 1e-12).sqrt() - 1e-6).mean()
+
+    return mac_weighted_mean(records, clip_length, layer)
 
 
 def make_clips(frames: Tensor, clip_length: int, stride: int | None = None) -> Tensor:

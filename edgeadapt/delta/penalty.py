@@ -21,7 +21,7 @@ on exit, so nothing is stored on the modules and `forward` stays export-friendly
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +35,9 @@ __all__ = [
     "ActivationRecord",
     "collect_delta_activations",
     "forward_with_sparsity",
+    "frame_deltas",
+    "mac_weighted_mean",
+    "step_like",
     "temporal_sparsity_loss",
 ]
 
@@ -64,7 +67,9 @@ def collect_delta_activations(model: nn.Module) -> Iterator[list[ActivationRecor
             h.remove()
 
 
-def _frame_deltas(act: Tensor, clip_length: int) -> Tensor:
+def frame_deltas(act: Tensor, clip_length: int) -> Tensor:
+    """(N·T, ...) clip-major activations -> (N, T-1, everything else flattened) differences
+    between consecutive frames of each clip."""
     if act.shape[0] % clip_length:
         raise InputError(
             f"batch of {act.shape[0]} frames is not a whole number of clips of {clip_length}; "
@@ -82,23 +87,38 @@ def temporal_sparsity_loss(
     Zero when every clip's frames produce identical quantised activations. If no quantiser
     feeds a MAC layer (all fan-outs zero), layers are weighted by their size alone.
     """
+
+    def layer(quantiser: DeltaActivation, act: Tensor) -> Tensor:
+        values = act / step_like(quantiser, act) if in_steps else act
+        return frame_deltas(values, clip_length).abs().mean()
+
+    return mac_weighted_mean(records, clip_length, layer)
+
+
+def mac_weighted_mean(
+    records: list[ActivationRecord],
+    clip_length: int,
+    per_layer: Callable[[DeltaActivation, Tensor], Tensor],
+) -> Tensor:
+    """The mean over recorded layers of `per_layer(quantiser, activation)`, each weighted by
+    the MACs its changes trigger downstream (fan-out MACs × values per frame); by size alone
+    when no fan-out is known. Checks the records and the clip length first."""
     if clip_length < 2:
         raise ConfigError(f"clip_length must be >= 2 to have consecutive frames, got {clip_length}")
     if not records:
         raise InputError("no activations recorded; run the model inside collect_delta_activations")
     means, weights = [], []
     for quantiser, act in records:
-        values = act / _step_like(quantiser, act) if in_steps else act
-        means.append(_frame_deltas(values, clip_length).abs().mean())
-        per_frame = act[0].numel()
-        weights.append(float(quantiser.fan_out_macs) * per_frame)
+        means.append(per_layer(quantiser, act))
+        weights.append(float(quantiser.fan_out_macs) * act[0].numel())
     w = torch.tensor(weights, dtype=means[0].dtype, device=means[0].device)
     if float(w.sum()) == 0.0:
         w = torch.tensor([float(a[0].numel()) for _, a in records], dtype=w.dtype, device=w.device)
     return (torch.stack(means) * w).sum() / w.sum()
 
 
-def _step_like(quantiser: DeltaActivation, act: Tensor) -> Tensor:
+def step_like(quantiser: DeltaActivation, act: Tensor) -> Tensor:
+    """The quantiser's per-channel step, shaped to divide `act`."""
     return quantiser.step.to(act.dtype).view(1, -1, *([1] * (act.dim() - 2)))
 
 

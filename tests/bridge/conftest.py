@@ -83,3 +83,18 @@ def bridge() -> Iterator[Callable[..., tuple[BridgeClient, FakeDevice]]]:
     for client, fake in made:
         fake.stop()
         client.close()
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """The emulator process the emulator tests share (started once per session)."""
+    from bridge.emulator_programs import shared_emulator  # exports programs: only when used
+
+    return shared_emulator()  # boots while the programs export
+
+
+@pytest.fixture(scope="module")
+def programs(emulator):
+    from bridge.emulator_programs import tiny_programs
+
+    return tiny_programs()

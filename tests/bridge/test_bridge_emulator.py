@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 import torch
-from bridge.emulator_programs import LR, SHAPE, batches, shared_emulator, tiny_programs
+from bridge.emulator_programs import LR, SHAPE, batches
 
 from edgeadapt.firmware_bridge import BridgeClient, DeviceError, ErrorCode, Target
 from edgeadapt.firmware_bridge.emulator import pty_supported
@@ -22,16 +22,6 @@ from edgeadapt.firmware_bridge.emulator.payloads import (
 from edgeadapt.firmware_bridge.validation import device_infer, validate
 
 pytestmark = pytest.mark.skipif(not pty_supported(), reason="needs pseudo-terminals")
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    return shared_emulator()  # boots while the programs export
-
-
-@pytest.fixture(scope="module")
-def programs(emulator):
-    return tiny_programs()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 import torch
-from bridge.emulator_programs import batches, shared_emulator, tiny_programs
+from bridge.emulator_programs import batches
 
 from edgeadapt.firmware_bridge import (
     BridgeClient,
@@ -21,16 +21,6 @@ from edgeadapt.firmware_bridge.emulator import Faults, pty_supported, set_faults
 from edgeadapt.firmware_bridge.validation import device_infer
 
 pytestmark = pytest.mark.skipif(not pty_supported(), reason="needs pseudo-terminals")
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    return shared_emulator()  # boots while the programs export
-
-
-@pytest.fixture(scope="module")
-def programs(emulator):
-    return tiny_programs()
 
 
 @pytest.fixture
