@@ -156,3 +156,51 @@ def test_warmup_learns_and_sets_the_reset_point(tiny_model, example):
     adapter.reset()
     for k, v in adapter.adapter_state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def _trainable(adapter) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in adapter.named_parameters() if p.requires_grad}
+
+
+def test_restore_prob_returns_meta_weights_to_the_reset_point(tiny_model, batch, example):
+    always = wrap(tiny_model, tiny_config("ecotta", restore_prob=1.0), example_input=example)
+    start = _trainable(always)
+    always(batch)
+    for n, v in _trainable(always).items():
+        assert torch.equal(v, start[n]), n  # every element restored after the step
+    never = wrap(tiny_model, tiny_config("ecotta", restore_prob=0.0), example_input=example)
+    never(batch)
+    assert any(not torch.equal(v, start[n]) for n, v in _trainable(never).items())
+
+
+def test_restore_prob_restores_a_fraction(tiny_model, batch, example):
+    adapter = wrap(tiny_model, tiny_config("ecotta", restore_prob=0.5), example_input=example)
+    start = _trainable(adapter)
+    adapter(batch)
+    changed = torch.cat([(v != start[n]).flatten() for n, v in _trainable(adapter).items()])
+    assert 0.3 < changed.float().mean() < 0.7  # about half the elements kept their update
+
+
+def test_entropy_weighting_favours_confident_samples(tiny_model, batch, example):
+    plain = wrap(tiny_model, tiny_config("ecotta"), example_input=example)
+    weighted = wrap(
+        tiny_model, tiny_config("ecotta", entropy_weighting=True), example_input=example
+    )
+    loss_plain, _ = plain.loss(batch)
+    loss_weighted, _ = weighted.loss(batch)
+    # The threshold (10 · ln C) is far above every entropy, so each weight exp(H0 - H) > 1.
+    assert loss_weighted > loss_plain
+
+
+def test_restore_prob_outside_0_1_is_a_config_error():
+    from edgeadapt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="restore_prob"):
+        tiny_config("ecotta", restore_prob=1.5)
+
+
+def test_memory_of_entropy_weighting_is_measurable(tiny_model, example):
+    from edgeadapt.memory import measure_step_memory
+
+    adapter = wrap(tiny_model, tiny_config("ecotta", entropy_weighting=True), example_input=example)
+    assert measure_step_memory(adapter, (8, 3, 16, 16)).saved_for_backward > 0

@@ -54,6 +54,8 @@ def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = N
         if not path.is_file():
             missing.append(name)
             continue
-        for r in json.loads(path.read_text())["results"]:
-            results.append({**r, "method": (labels or {}).get(name, r["method"])})
+        run = json.loads(path.read_text())
+        device = run.get("args", {}).get("device")  # runs of one table may come from two machines
+        for r in run["results"]:
+            results.append({**r, "device": device, "method": (labels or {}).get(name, r["method"])})
     return {"results": results, "missing": missing}

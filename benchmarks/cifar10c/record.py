@@ -21,7 +21,7 @@ from pathlib import Path
 from _jobs import bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
-from edgeadapt.bench.report import markdown_table, plot_results, results_from_json
+from edgeadapt.bench.report import markdown_table, plot_results, results_from_json, rounds_table
 
 HERE = Path(__file__).resolve().parent
 SUITES = {
@@ -62,7 +62,11 @@ def main() -> None:
     jobs = {m: bench_command(m, out, [*common, "--methods", m]) for m in methods}
     start = time.time()
     run_parallel(jobs, out, args.workers)
-    payload = merge(out, methods)
+    # Every finished run of the suite in `out` (so a --methods rerun keeps the others), plus
+    # EXTRA: earlier settings kept for comparison (e.g. ecotta_before_tuning.json).
+    suite = SUITES[args.suite][0]
+    extra = [p.stem for p in sorted(out.glob("*.json")) if p.stem not in suite]
+    payload = merge(out, suite + extra, {e: e.replace("_", " ") for e in extra})
     payload["meta"] = {"rounds": rounds, "severity": 5, "batch": 64, **vars(args)}
     # A subset run (--n-images) never overwrites the full run's files.
     stem = HERE / (f"record_{args.suite}" + (f"_n{args.n_images}" if args.n_images else ""))
@@ -72,6 +76,8 @@ def main() -> None:
     if args.n_images:
         title += f", first {args.n_images} images of each domain"
     table = markdown_table(results)
+    if len(results[0].rounds()) > 1:
+        table += "\n\nMean error (%) per round:\n\n" + rounds_table(results)
     stem.with_suffix(".md").write_text(f"{title}\n\n{table}\n\nmissing: {payload['missing']}\n")
     plot_results(results, stem.with_suffix(".png"), title)
     print(table)

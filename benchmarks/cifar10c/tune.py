@@ -19,13 +19,16 @@ from pathlib import Path
 from _jobs import bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
-from edgeadapt.bench.report import markdown_table, plot_results, results_from_json
+from edgeadapt.bench.report import markdown_table, plot_results, results_from_json, rounds_table
 
 HERE = Path(__file__).resolve().parent
 BASELINES = ["source", "norm", "tent", "eata"]
-# label -> EcoTTA overrides; every other setting is the library default.
+# Settings every variant starts from: the library defaults of the time these sweeps ran
+# (λ was 0.5 then; the sweep below moved the default to 5), pinned so that reruns match.
+SWEEP_BASE = {"reg_weight": 0.5}
+# label -> EcoTTA overrides on top of SWEEP_BASE; every other setting is the library default.
 VARIANTS: dict[str, dict] = {
-    "default": {},
+    "λ=0.5": {},
     "lr=1e-4": {"lr": 1e-4},
     "lr=1e-3": {"lr": 1e-3},
     "λ=2": {"reg_weight": 2.0},
@@ -40,6 +43,12 @@ VARIANTS: dict[str, dict] = {
     "sgd lr=1e-2": {"optimizer": "sgd", "lr": 1e-2},
     "plain autograd": {"lean": False, "recompute": False},  # same maths, speed check
     "warmup=2000": {},  # the warm-up length is a benchmark option, set below
+    "restore=0.01": {"restore_prob": 0.01},
+    "restore=0.001": {"restore_prob": 0.001},
+    "weighted": {"entropy_weighting": True},
+    "λ=2 restore=0.01": {"reg_weight": 2.0, "restore_prob": 0.01},
+    "λ=2 weighted": {"reg_weight": 2.0, "entropy_weighting": True},
+    "λ=2 restore=0.001": {"reg_weight": 2.0, "restore_prob": 0.001},
 }
 WARMUP = {"warmup=2000": 2000}
 
@@ -57,6 +66,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--only", default=None, help="comma list of variant labels to run")
     ap.add_argument("--out", default=str(HERE / "tune_runs"))
+    ap.add_argument("--name", default="tune", help="stem of the merged json/md/png")
     args = ap.parse_args()
     out = Path(args.out)
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
@@ -70,26 +80,32 @@ def main() -> None:
     jobs = {m: bench_command(m, out, [*common, "--methods", m]) for m in BASELINES}
     for label in wanted:
         name = _slug(label)
-        extra = ["--overrides", json.dumps({"ecotta": VARIANTS[label]})]
+        extra = ["--overrides", json.dumps({"ecotta": {**SWEEP_BASE, **VARIANTS[label]}})]
         extra += ["--warmup-steps", str(WARMUP.get(label, 500))]
         jobs[name] = bench_command(name, out, [*common, "--methods", "ecotta", *extra])
     start = time.time()
     run_parallel(jobs, out, args.workers)
     # Everything in `out`, including variants of earlier (resumed or --only) runs.
-    every = {_slug(label): f"ecotta {label}" for label in VARIANTS}
+    every = {
+        _slug(label): f"ecotta {label}"
+        for label in VARIANTS
+        if label in wanted or (out / f"{_slug(label)}.json").is_file()
+    }
     payload = merge(out, BASELINES + list(every), every)
     payload["meta"] = {"variants": {f"ecotta {k}": v for k, v in VARIANTS.items()}, **vars(args)}
-    (HERE / "tune.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (HERE / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     results = results_from_json(payload)
     subset = f", first {args.n_images} images of each domain" if args.n_images else ""
     title = (f"Tuning on the extra corruptions only, severity 5, continual, batch 64, "
              f"{args.rounds} rounds{subset}, {args.device}")  # fmt: skip
     table = markdown_table(results)
-    (HERE / "tune.md").write_text(
+    if len(results[0].rounds()) > 1:
+        table += "\n\nMean error (%) per round:\n\n" + rounds_table(results)
+    (HERE / f"{args.name}.md").write_text(
         f"{title}. Made by `python benchmarks/cifar10c/tune.py` (see its docstring).\n\n"
         f"{table}\n\nmissing: {payload['missing']}\n"
     )
-    plot_results(results, HERE / "tune.png", title)
+    plot_results(results, HERE / f"{args.name}.png", title)
     print(table)
     print(f"{time.time() - start:.0f} s; missing: {payload['missing']}")
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeadapt.bench.runner import MethodResult, SegmentResult
 
-__all__ = ["markdown_table", "plot_results", "results_from_json"]
+__all__ = ["markdown_table", "plot_results", "results_from_json", "rounds_table"]
 
 _SHORT = {
     "gaussian_noise": "gauss", "shot_noise": "shot", "impulse_noise": "impul", "defocus_blur": "defoc",
@@ -51,6 +51,20 @@ def markdown_table(results: Sequence[MethodResult]) -> str:
             f"{r.images_per_second:.0f}",
         ]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def rounds_table(results: Sequence[MethodResult]) -> str:
+    """Mean error (%) of each round, and the last round minus the first: where drift shows."""
+    if not results:
+        return ""
+    n = max(len(r.rounds()) for r in results)
+    head = ["method", *(f"round {i + 1}" for i in range(n)), "last − first"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in results:
+        means = [float(np.mean([s.error for s in rd])) for rd in r.rounds()]
+        cells = [f"{m:.2f}" for m in means] + [""] * (n - len(means))
+        lines.append("| " + " | ".join([r.method, *cells, f"{means[-1] - means[0]:+.2f}"]) + " |")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "no_running_stat_updates",
     "per_group_batch_statistics",
     "source_statistics",
+    "stochastic_restore",
     "use_batch_statistics",
     "weights_digest",
 ]
@@ -105,3 +106,15 @@ def _grouped_forward(bn: _BatchNorm, groups: int):
         return y.reshape(n, groups, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
 
     return forward
+
+
+@torch.no_grad()
+def stochastic_restore(
+    params: list[Tensor], anchors: list[Tensor], prob: float, generator: torch.Generator
+) -> None:
+    """Return each element of `params` to its `anchors` value with probability `prob` (CoTTA's
+    stochastic restore): what adaptation wrote slowly fades unless the stream keeps asking
+    for it, so long runs cannot drift far from the anchor."""
+    for p, a in zip(params, anchors, strict=True):
+        restore = torch.rand(p.shape, generator=generator) < prob
+        p.copy_(torch.where(restore.to(p.device), a, p))

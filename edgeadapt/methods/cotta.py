@@ -21,6 +21,7 @@ from edgeadapt.methods._augment import augment
 from edgeadapt.methods._state import (
     no_running_stat_updates,
     per_group_batch_statistics,
+    stochastic_restore,
     use_batch_statistics,
 )
 from edgeadapt.methods.base import Adapter
@@ -90,11 +91,10 @@ class CoTTAAdapter(Adapter):
         for t, s in zip(self.teacher.parameters(), self.model.parameters()):
             t.lerp_(s, 1 - c.teacher_momentum)
         if c.restore_prob > 0:
-            for s, a in zip(self.model.parameters(), self.anchor.parameters()):
-                restore = (torch.rand(s.shape, generator=self.generator) < c.restore_prob).to(
-                    s.device
-                )
-                s.copy_(torch.where(restore, a, s))
+            stochastic_restore(
+                list(self.model.parameters()), list(self.anchor.parameters()),
+                c.restore_prob, self.generator,
+            )  # fmt: skip
 
 
 register_method(CoTTAConfig, CoTTAAdapter)

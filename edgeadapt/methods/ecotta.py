@@ -26,7 +26,7 @@ from edgeadapt._registry import register_method
 from edgeadapt.config import EcoTTAConfig
 from edgeadapt.errors import InputError
 from edgeadapt.losses import entropy, lean_l1
-from edgeadapt.methods._state import use_batch_statistics
+from edgeadapt.methods._state import stochastic_restore, use_batch_statistics
 from edgeadapt.methods.base import Adapter
 from edgeadapt.modules.lean import make_lean
 from edgeadapt.modules.meta import MetaConvBlock, MetaPart
@@ -60,6 +60,9 @@ class EcoTTAAdapter(Adapter):
         if c.lean:
             make_lean(model, skip=(MetaConvBlock,))
         self.entropy_threshold = c.entropy_margin * math.log(self.num_classes)
+        # H0 of the sample weights; kept apart from the filter threshold, which memory
+        # planning opens to every sample.
+        self.entropy_reference = self.entropy_threshold
         return model
 
     def trainable_parameters(self):  # type: ignore[override]
@@ -93,7 +96,21 @@ class EcoTTAAdapter(Adapter):
         keep = ent < self.entropy_threshold
         if not bool(keep.any()):
             return None, logits
-        return ent[keep].mean() + self.config.reg_weight * reg, logits
+        kept = ent[keep]
+        if self.config.entropy_weighting:
+            kept = kept * torch.exp(self.entropy_reference - kept.detach())
+        return kept.mean() + self.config.reg_weight * reg, logits
+
+    def after_step(self, x: Tensor, logits: Tensor) -> None:
+        if self.config.restore_prob > 0:
+            params = list(self.trainable_parameters())
+            stochastic_restore(params, self._warm_values(params), self.config.restore_prob,
+                               self.generator)  # fmt: skip
+
+    def _warm_values(self, params: list[nn.Parameter]) -> list[Tensor]:
+        """The reset point's values of `params` (wrap time, or after warm-up)."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        return [self._initial[names[id(p)]] for p in params]
 
     def warmup(
         self,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgeadapt.bench import GeneratedSource, make_protocol, run_benchmark
-from edgeadapt.bench.report import markdown_table, plot_results
+from edgeadapt.bench.report import markdown_table, plot_results, rounds_table
 from edgeadapt.data import to_tensor
 from edgeadapt.errors import ConfigError
 from edgeadapt.models import create_model
@@ -73,6 +73,9 @@ def test_plot_is_written(tiny_stream, tmp_path):
     )  # fmt: skip
     assert len(results[0].rounds()) == 2
     assert "last round" in markdown_table(results)
+    rows = rounds_table(results).splitlines()
+    assert "round 2" in rows[0] and len(rows) == 2 + len(results)
+    assert rows[2].startswith("| source |") and rows[2].endswith("| +0.00 |")  # no adaptation
     path = plot_results(results, tmp_path / "r.png", "t")
     assert path.stat().st_size > 1000
 
