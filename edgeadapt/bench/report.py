@@ -78,22 +78,25 @@ def plot_results(results: Sequence[MethodResult], path: str | Path, title: str =
     path = Path(path)
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     domains = _domains(results[0])
-    for r in results:
-        axes[0].plot(
-            range(len(domains)), [s.error for s in r.rounds()[0]], marker="o", label=r.method
-        )
-        axes[1].scatter(r.memory.get("adaptation", 0) / MIB, r.mean_error, s=60)
-        axes[1].annotate(
-            r.method,
-            (r.memory.get("adaptation", 0) / MIB, r.mean_error),
-            textcoords="offset points",
-            xytext=(5, 4),
-        )
+    # Beyond ten series tab10 repeats colours: switch to tab20 and vary the markers too.
+    colours = plt.get_cmap("tab10" if len(results) <= 10 else "tab20").colors
+    markers = "osD^vP*Xh<>p"
+    for i, r in enumerate(results):
+        style = {"color": colours[i % len(colours)], "marker": markers[i % len(markers)]}
+        axes[0].plot(range(len(domains)), [s.error for s in r.rounds()[0]], label=r.method, **style)
+        axes[1].scatter(r.memory.get("adaptation", 0) / MIB, r.mean_error, s=60, **style)
+        if len(results) <= 8:  # more labels than that pile up; the legend names them
+            axes[1].annotate(
+                r.method,
+                (r.memory.get("adaptation", 0) / MIB, r.mean_error),
+                textcoords="offset points",
+                xytext=(5, 4),
+            )
         axes[2].plot(
             range(1, len(r.rounds()) + 1),
             [np.mean([s.error for s in rd]) for rd in r.rounds()],
-            marker="o",
             label=r.method,
+            **style,
         )
     axes[0].set_xticks(range(len(domains)), domains, rotation=60)
     axes[0].set_ylabel("top-1 error (%)")
