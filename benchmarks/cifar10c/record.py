@@ -78,7 +78,11 @@ def main() -> None:
     table = markdown_table(results)
     if len(results[0].rounds()) > 1:
         table += "\n\nMean error (%) per round:\n\n" + rounds_table(results)
-    stem.with_suffix(".md").write_text(f"{title}\n\n{table}\n\nmissing: {payload['missing']}\n")
+    # Rows can come from different machines (a GPU session, then a CPU rerun): say which.
+    ran_on = ", ".join(f"{r['method']}: {r['device']}" for r in payload["results"])
+    stem.with_suffix(".md").write_text(
+        f"{title}\n\n{table}\n\nran on: {ran_on}\n\nmissing: {payload['missing']}\n"
+    )
     plot_results(results, stem.with_suffix(".png"), title)
     print(table)
     print(f"{time.time() - start:.0f} s; missing: {payload['missing']}")
