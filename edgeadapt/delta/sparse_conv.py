@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgeadapt.delta.sparse_ops import conv_out_size, pair
+from edgeadapt.delta.sparse_ops import conv_out_hw, pair
 from edgeadapt.errors import InputError
 
 __all__ = [
@@ -102,7 +102,7 @@ def scatter_index(
     """
     (n, h, w), (kh, kw), (sh, sw) = in_shape, kernel, stride
     (ph, pw), (dh, dw) = padding, dilation
-    ho, wo = conv_out_size(h, kh, sh, ph, dh), conv_out_size(w, kw, sw, pw, dw)
+    ho, wo = conv_out_hw((h, w), kernel, stride, padding, dilation)
     ar = functools.partial(torch.arange, device=device)
     ti = ar(h).view(1, 1, 1, h, 1) + ph - dh * ar(kh).view(kh, 1, 1, 1, 1)
     tj = ar(w).view(1, 1, 1, 1, w) + pw - dw * ar(kw).view(1, kw, 1, 1, 1)
@@ -133,7 +133,7 @@ def conv2d_delta_(
     st, pd, dl = pair(stride), pair(padding), pair(dilation)
     n, c, h, w = delta.shape
     o, _, kh, kw = weight.shape
-    ho, wo = conv_out_size(h, kh, st[0], pd[0], dl[0]), conv_out_size(w, kw, st[1], pd[1], dl[1])
+    ho, wo = conv_out_hw((h, w), (kh, kw), st, pd, dl)
     if c != weight.shape[1] or tuple(y.shape) != (n, o, ho, wo):
         raise InputError(
             f"conv2d_delta_ needs a delta (N, {weight.shape[1]}, H, W) (groups == 1) and output "
@@ -185,8 +185,6 @@ def sparse_conv2d(
     st, pd, dl = pair(stride), pair(padding), pair(dilation)
     n, _, h, w = dx.shape
     o, _, kh, kw = weight.shape
-    y = dx.new_zeros(
-        n, o, conv_out_size(h, kh, st[0], pd[0], dl[0]), conv_out_size(w, kw, st[1], pd[1], dl[1])
-    )
+    y = dx.new_zeros(n, o, *conv_out_hw((h, w), (kh, kw), st, pd, dl))
     macs = conv2d_delta_(y, pixel_delta(dx), weight, st, pd, dl)
     return y, int(macs or 0)

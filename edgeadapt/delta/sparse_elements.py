@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from edgeadapt.delta.sparse_conv import scatter_index
-from edgeadapt.delta.sparse_ops import conv_out_size, pair
+from edgeadapt.delta.sparse_ops import conv_out_hw, pair
 from edgeadapt.errors import InputError
 
 __all__ = [
@@ -120,7 +120,7 @@ def conv2d_elements_(
     n, c, h, w = delta.shape
     taps, og = kh * kw, weight_rows.shape[2]
     o = og * groups
-    ho, wo = conv_out_size(h, kh, st[0], pd[0], dl[0]), conv_out_size(w, kw, st[1], pd[1], dl[1])
+    ho, wo = conv_out_hw((h, w), (kh, kw), st, pd, dl)
     if tuple(weight_rows.shape[:2]) != (c, taps) or tuple(y.shape) != (n, o, ho, wo):
         raise InputError(
             f"conv2d_elements_ needs weight rows ({c}, {taps}, O/G) and an output "

@@ -17,6 +17,7 @@ ELEMENT_OVER_MATMUL = 4  # rough cost of one scattered MAC vs one in addmm (floa
 
 __all__ = [
     "conv2d_macs",
+    "conv_out_hw",
     "conv_out_size",
     "linear_macs",
     "pair",
@@ -35,16 +36,28 @@ def conv_out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
+def conv_out_hw(
+    hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """Output (H, W) of a convolution; every argument is an (along H, along W) pair."""
+    return (
+        conv_out_size(hw[0], kernel[0], stride[0], padding[0], dilation[0]),
+        conv_out_size(hw[1], kernel[1], stride[1], padding[1], dilation[1]),
+    )
+
+
 def conv2d_macs(
     in_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride=1, padding=0, dilation=1
 ) -> int:
     """Dense MACs of a conv2d: N · C_out · (C_in/groups) · kh · kw · H_out · W_out."""
     n, _, h, w = in_shape
     o, cg, kh, kw = weight_shape
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
-    return (
-        n * o * cg * kh * kw * conv_out_size(h, kh, sh, ph, dh) * conv_out_size(w, kw, sw, pw, dw)
-    )
+    ho, wo = conv_out_hw((h, w), (kh, kw), pair(stride), pair(padding), pair(dilation))
+    return n * o * cg * kh * kw * ho * wo
 
 
 def linear_macs(in_shape: tuple[int, ...], out_features: int) -> int:

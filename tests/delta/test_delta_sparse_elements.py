@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from delta.geometries import GEOMETRIES
 from torch import nn
 
 from edgeadapt.delta import (
@@ -15,15 +16,6 @@ from edgeadapt.delta import (
     sparse_linear,
 )
 from edgeadapt.errors import InputError
-
-GEOMETRIES = [  # kernel, stride, padding, dilation
-    (1, 1, 0, 1),
-    (1, 2, 0, 1),
-    (3, 1, 1, 1),
-    (3, 2, 1, 1),
-    (3, 1, 0, 1),
-    (3, 2, 2, 2),
-]
 
 
 def _sparse(shape, density: float, seed: int) -> torch.Tensor:

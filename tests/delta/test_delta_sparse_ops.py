@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from delta.geometries import GEOMETRIES
 from torch import nn
 
 from edgeadapt.delta import (
@@ -19,14 +20,6 @@ from edgeadapt.delta import (
 )
 
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
-GEOMETRIES = [  # kernel, stride, padding, dilation
-    (1, 1, 0, 1),
-    (1, 2, 0, 1),
-    (3, 1, 1, 1),
-    (3, 2, 1, 1),
-    (3, 1, 0, 1),
-    (3, 2, 2, 2),
-]
 
 
 def _delta(shape, sparsity: float, pattern: str, seed: int) -> torch.Tensor:
