@@ -9,7 +9,7 @@ from torch import Tensor
 
 from edgeadapt.modules.lean import pack_bits, unpack_bits
 
-__all__ = ["entropy", "entropy_margin", "lean_l1", "soft_cross_entropy"]
+__all__ = ["confidence_weights", "entropy", "entropy_margin", "lean_l1", "soft_cross_entropy"]
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -26,6 +26,12 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor) -> Tensor
 def entropy_margin(margin: float, num_classes: int) -> float:
     """EATA / EcoTTA threshold: `margin` · ln(C)."""
     return margin * math.log(num_classes)
+
+
+def confidence_weights(ent: Tensor, reference: float) -> Tensor:
+    """EATA's sample weights 1 / exp(H - H0): confident samples count more. Constants for
+    backward (the weights scale the loss, they are not optimised)."""
+    return torch.exp(reference - ent.detach())
 
 
 class _LeanL1Fn(torch.autograd.Function):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from edgeadapt.bench.report import markdown_table, rounds_table
+
 
 def bench_command(name: str, out_dir: Path, args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "edgeadapt.cli", "bench", "--quiet", *args,
@@ -59,3 +61,11 @@ def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = N
         for r in run["results"]:
             results.append({**r, "device": device, "method": (labels or {}).get(name, r["method"])})
     return {"results": results, "missing": missing}
+
+
+def tables(results: Sequence) -> str:
+    """The Markdown table of `results`, plus the per-round table when there are rounds."""
+    table = markdown_table(results)
+    if len(results[0].rounds()) > 1:
+        table += "\n\nMean error (%) per round:\n\n" + rounds_table(results)
+    return table

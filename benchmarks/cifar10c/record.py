@@ -18,10 +18,10 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import bench_command, merge, run_parallel
+from _jobs import bench_command, merge, run_parallel, tables
 
 from edgeadapt._paths import shared_dir
-from edgeadapt.bench.report import markdown_table, plot_results, results_from_json, rounds_table
+from edgeadapt.bench.report import plot_results, results_from_json
 
 HERE = Path(__file__).resolve().parent
 SUITES = {
@@ -75,9 +75,7 @@ def main() -> None:
     title = f"ResNet-20, CIFAR-10-C (JPEG) severity 5, {args.suite}, {rounds} round(s), batch 64"
     if args.n_images:
         title += f", first {args.n_images} images of each domain"
-    table = markdown_table(results)
-    if len(results[0].rounds()) > 1:
-        table += "\n\nMean error (%) per round:\n\n" + rounds_table(results)
+    table = tables(results)
     # Rows can come from different machines (a GPU session, then a CPU rerun): say which.
     ran_on = ", ".join(f"{r['method']}: {r['device']}" for r in payload["results"])
     stem.with_suffix(".md").write_text(

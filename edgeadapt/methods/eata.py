@@ -9,7 +9,6 @@ EATA's ETA variant).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from edgeadapt._registry import register_method
 from edgeadapt.config import EATAConfig
-from edgeadapt.losses import entropy
+from edgeadapt.losses import confidence_weights, entropy, entropy_margin
 from edgeadapt.methods.base import Adapter
 from edgeadapt.methods.tent import configure_bn_affine
 
@@ -29,9 +28,8 @@ class EATAAdapter(Adapter):
     config: EATAConfig
 
     def configure(self, model: nn.Module, example_input: Tensor) -> nn.Module:
-        self.entropy_reference = self.config.entropy_margin * math.log(
-            self.num_classes
-        )  # H0 of the weights
+        # H0 of the weights
+        self.entropy_reference = entropy_margin(self.config.entropy_margin, self.num_classes)
         self.entropy_threshold = self.entropy_reference  # the filter (memory planning lifts it)
         self.register_buffer("prob_mean", torch.zeros(self.num_classes))
         self.register_buffer("prob_mean_valid", torch.zeros((), dtype=torch.bool))
@@ -57,9 +55,7 @@ class EATAAdapter(Adapter):
         if n == 0:
             return None, logits
         self._update_prob_mean(probs[keep])
-        # Confident samples weigh more: 1 / exp(H - H0).
-        weight = torch.exp(-(ent[keep].detach() - self.entropy_reference))
-        loss = (ent[keep] * weight).mean()
+        loss = (ent[keep] * confidence_weights(ent[keep], self.entropy_reference)).mean()
         return loss + self._fisher_penalty(), logits
 
     @torch.no_grad()

@@ -14,7 +14,6 @@ patented by its authors' company; see the README.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -25,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from edgeadapt._registry import register_method
 from edgeadapt.config import EcoTTAConfig
 from edgeadapt.errors import InputError
-from edgeadapt.losses import entropy, lean_l1
+from edgeadapt.losses import confidence_weights, entropy, entropy_margin, lean_l1
 from edgeadapt.methods._state import stochastic_restore, use_batch_statistics
 from edgeadapt.methods.base import Adapter
 from edgeadapt.modules.lean import make_lean
@@ -59,10 +58,9 @@ class EcoTTAAdapter(Adapter):
                 net.train()
         if c.lean:
             make_lean(model, skip=(MetaConvBlock,))
-        self.entropy_threshold = c.entropy_margin * math.log(self.num_classes)
-        # H0 of the sample weights; kept apart from the filter threshold, which memory
-        # planning opens to every sample.
-        self.entropy_reference = self.entropy_threshold
+        # H0 of the sample weights, and the filter (which memory planning opens to every sample).
+        self.entropy_reference = entropy_margin(c.entropy_margin, self.num_classes)
+        self.entropy_threshold = self.entropy_reference
         return model
 
     def trainable_parameters(self):  # type: ignore[override]
@@ -98,19 +96,14 @@ class EcoTTAAdapter(Adapter):
             return None, logits
         kept = ent[keep]
         if self.config.entropy_weighting:
-            kept = kept * torch.exp(self.entropy_reference - kept.detach())
+            kept = kept * confidence_weights(kept, self.entropy_reference)
         return kept.mean() + self.config.reg_weight * reg, logits
 
     def after_step(self, x: Tensor, logits: Tensor) -> None:
-        if self.config.restore_prob > 0:
-            params = list(self.trainable_parameters())
-            stochastic_restore(params, self._warm_values(params), self.config.restore_prob,
-                               self.generator)  # fmt: skip
-
-    def _warm_values(self, params: list[nn.Parameter]) -> list[Tensor]:
-        """The reset point's values of `params` (wrap time, or after warm-up)."""
-        names = {id(p): n for n, p in self.named_parameters()}
-        return [self._initial[names[id(p)]] for p in params]
+        if self.config.restore_prob > 0:  # toward the reset point (wrap time, or after warm-up)
+            named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+            stochastic_restore([p for _, p in named], [self._initial[n] for n, _ in named],
+                               self.config.restore_prob, self.generator)  # fmt: skip
 
     def warmup(
         self,
