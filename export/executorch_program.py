@@ -233,6 +233,12 @@ class ExecuTorchRunner:
         if self.method is None:
             raise ProgramFileError(f"{name} has no 'forward' method")
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The batch shape `forward` was exported for."""
+        meta = self.method.metadata.input_tensor_meta(0)
+        return tuple(int(s) for s in meta.sizes())
+
     def run(self, x: Tensor) -> Tensor:
         """The program's first output for the batch `x` (shaped like the export example)."""
         return self.method.execute([x.detach().contiguous()])[0].clone()

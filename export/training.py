@@ -200,8 +200,38 @@ class TrainingRunner:
             self.optimizer.step(self.module.named_gradients())
         return logits, float(loss), kept
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The batch shape `forward` was exported for."""
+        meta = self.module.model.method_meta("forward").input_tensor_meta(0)
+        return tuple(int(s) for s in meta.sizes())
+
     def gradients(self) -> dict[str, Tensor]:
         return {_strip(k): v.clone() for k, v in self.module.named_gradients().items()}
+
+    def load_parameters(self, state: dict[str, Tensor], *, strict: bool = True) -> None:
+        """Copy `state` (named as `parameters()` names them) into the program's own weights.
+
+        Strict: the names and shapes must be exactly the program's, else ValueError and nothing
+        is written. Not strict: what matches is copied and the rest left alone. The runtime
+        exposes its weights only after a first run (`forward_backward` on any batch)."""
+        mine = {_strip(k): v for k, v in self.module.named_parameters().items()}
+        if strict:
+            want = {k: tuple(v.shape) for k, v in mine.items()}
+            got = {k: tuple(v.shape) for k, v in state.items()}
+            if want != got:
+                missing = sorted(set(want) - set(got))[:3]
+                unexpected = sorted(set(got) - set(want))[:3]
+                wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:3]
+                raise ValueError(
+                    f"weights do not match the training program: missing {missing}, unexpected "
+                    f"{unexpected}, wrong shape {wrong} ({len(got)} tensors given, "
+                    f"{len(want)} expected)"
+                )
+        with torch.no_grad():
+            for name, value in state.items():
+                if name in mine and tuple(mine[name].shape) == tuple(value.shape):
+                    mine[name].copy_(value)
 
     def parameters(self) -> dict[str, Tensor]:
         """The trainable tensors, named as in `adapter.model` (the program's own memory:

@@ -72,14 +72,12 @@ class Programs:
             raise Budget(fit.message, fit.missing_bytes)
         if target == Target.TRAINING:
             runner = TrainingRunner.from_bytes(data, lr=self.lr)
-            shape = _training_input_shape(runner)
             # The runtime exposes the weights only after a first run; a dry step on zeros
             # (gradients computed, never applied) also proves the program runs at all.
-            runner.forward_backward(torch.zeros(shape))
+            runner.forward_backward(torch.zeros(runner.input_shape))
         else:
             runner = ExecuTorchRunner.from_bytes(data)
-            meta = runner.method.metadata.input_tensor_meta(0)
-            shape = tuple(int(s) for s in meta.sizes())
+        shape = runner.input_shape
         return Loaded(data, runner, shape, tuple(arenas), constants)
 
     def activate(self, target: int, loaded: Loaded) -> None:
@@ -112,34 +110,10 @@ class Programs:
         return state_to_blob(self.committed_adapter) if self.committed_adapter else None
 
     def _write_params(self, state: dict[str, Tensor], *, check: bool) -> None:
-        params = self.loaded[Target.TRAINING].runner.module.named_parameters()
-        mine = {_strip(k): v for k, v in params.items()}
-        if check:
-            want = {k: tuple(v.shape) for k, v in mine.items()}
-            got = {k: tuple(v.shape) for k, v in state.items()}
-            if want != got:
-                missing = sorted(set(want) - set(got))[:3]
-                raise ValueError(
-                    f"adapter does not match the training program (missing {missing}, "
-                    f"{len(got)} tensors given, {len(want)} expected, or shapes differ)"
-                )
-        with torch.no_grad():
-            for name, value in state.items():
-                if name in mine and tuple(mine[name].shape) == tuple(value.shape):
-                    mine[name].copy_(value)
+        self.loaded[Target.TRAINING].runner.load_parameters(state, strict=check)
 
     def run_inference(self, x: Tensor) -> Tensor:
         return self.loaded[Target.PROGRAM].runner.run(x)
 
     def run_step(self, x: Tensor) -> tuple[Tensor, float, int]:
         return self.loaded[Target.TRAINING].runner.step(x)
-
-
-def _strip(name: str) -> str:
-    return name[len("model.") :] if name.startswith("model.") else name
-
-
-def _training_input_shape(runner: Any) -> tuple[int, ...]:
-    """The input shape of a training program's `forward`, from the method's metadata."""
-    meta = runner.module.model.method_meta("forward").input_tensor_meta(0)
-    return tuple(int(s) for s in meta.sizes())

@@ -74,6 +74,24 @@ def test_training_runner_rejects_corrupted_program(program, tmp_path):
         TrainingRunner(tmp_path / "half.pte", lr=LR)
 
 
+def test_training_runner_loads_weights_and_refuses_mismatches(program):
+    _, report = program
+    runner = TrainingRunner(report.path, lr=LR)
+    assert runner.input_shape == (8, 3, 16, 16)
+    runner.forward_backward(torch.zeros(runner.input_shape))  # weights appear after one run
+    before = runner.parameters()
+    name = next(iter(before))
+    shifted = {k: v + 1.0 for k, v in before.items()}
+    runner.load_parameters(shifted)
+    assert all(torch.equal(runner.parameters()[k], v) for k, v in shifted.items())
+    wrong = {**before, name: torch.zeros(3)}
+    with pytest.raises(ValueError, match="wrong shape"):
+        runner.load_parameters(wrong)
+    assert torch.equal(runner.parameters()[name], shifted[name])  # nothing written
+    runner.load_parameters({name: before[name]}, strict=False)  # only what matches
+    assert torch.equal(runner.parameters()[name], before[name])
+
+
 def test_training_program_for_other_methods_is_refused(tmp_path):
     model = edgeadapt.create_model("tiny_resnet")
     adapter = edgeadapt.wrap(
