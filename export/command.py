@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     report = export_program(model, example, path, request, calibration=calibration)
     out = report.to_dict()
     print(
-        f"wrote {path} ({report.file_bytes:,} B), max |error| vs eager {report.max_abs_error:.3g}"
+        f"wrote {path} ({report.file_bytes:,} B, sha256 {report.sha256}), "
+        f"max |error| vs eager {report.max_abs_error:.3g}"
     )
     if report.bundled_path:
         print(f"wrote {report.bundled_path} (bundled test input and expected outputs)")

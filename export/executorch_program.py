@@ -4,6 +4,7 @@ eager, then written; its memory plan is read back from the program."""
 from __future__ import annotations
 
 import os
+from hashlib import sha256
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,7 +156,8 @@ def write_pte(
     if expected is not None:
         bundled = write_bundled_program(path, [BundledCase((example,), expected)])
     return ExportReport(
-        path=path, format="executorch", file_bytes=len(data), input_shape=tuple(example.shape),
+        path=path, format="executorch", file_bytes=len(data), sha256=sha256(data).hexdigest(),
+        input_shape=tuple(example.shape),
         arena_bytes=arenas, constant_bytes=constants, arena_banks=banks,
         planned_for=profile.key if profile else None, bundled_path=bundled,
         bundled_atol=bundle_atol if bundled else None, runtime_bytes_estimate=runtime, **fields,

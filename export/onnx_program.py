@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from hashlib import sha256
 from pathlib import Path
 
 import torch
@@ -74,6 +75,7 @@ def to_onnx(
         program="infer",
         backend=None,
         file_bytes=len(data),
+        sha256=sha256(data).hexdigest(),
         max_abs_error=error,
         input_shape=tuple(example.shape),
         batch_statistics=batch_stats,

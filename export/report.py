@@ -19,6 +19,8 @@ class ExportReport:
     program: str  # "infer" (prediction) or "adapt" (one training step)
     backend: str | None  # ExecuTorch: "xnnpack" or "portable"; None for ONNX
     file_bytes: int  # size of the file on disk
+    # sha256 of the bytes written, to check a copy (on a device, in a release) is this program.
+    sha256: str
     max_abs_error: float  # max |runtime − eager| over the outputs compared, on the example
     input_shape: tuple[int, ...]  # the example's shape; the program is fixed to it
     batch_statistics: bool  # some BN normalises with the input batch's statistics (N >= 2)

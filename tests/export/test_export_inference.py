@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -34,6 +36,7 @@ def test_onnx_round_trip_matches_the_adapter(tmp_path, method):
     model = edgeadapt.create_model("tiny_resnet").eval() if method == "source" else _adapter(method)
     report = to_onnx(model, X, tmp_path / "m.onnx")
     assert report.path.stat().st_size == report.file_bytes > 0
+    assert report.sha256 == hashlib.sha256(report.path.read_bytes()).hexdigest()
     assert report.max_abs_error < 1e-4
     assert report.batch_statistics == (method != "source")
     with torch.no_grad():
@@ -60,6 +63,7 @@ def test_executorch_round_trip_matches_the_adapter(ecotta_pte):
     adapter, report = ecotta_pte
     assert report.max_abs_error < 1e-4
     assert report.file_bytes == report.path.stat().st_size
+    assert report.to_dict()["sha256"] == hashlib.sha256(report.path.read_bytes()).hexdigest()
     assert report.total_arena_bytes > X.numel() * 4  # at least the input lives in the arena
     assert 0 < report.constant_bytes < report.file_bytes
     got = ExecuTorchRunner(report.path).run(X)
