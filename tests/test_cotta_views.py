@@ -10,6 +10,7 @@ from tiny import tiny_config
 from edgeadapt import wrap
 from edgeadapt.config import CoTTAConfig
 from edgeadapt.errors import ConfigError
+from edgeadapt.methods._augment import augment, augmented_views
 from edgeadapt.methods._state import per_group_batch_statistics, use_batch_statistics
 
 
@@ -42,3 +43,17 @@ def test_views_per_pass_does_not_change_the_run(tiny_model, batch, example):
 def test_views_per_pass_must_be_positive():
     with pytest.raises(ConfigError, match="views_per_pass"):
         CoTTAConfig(views_per_pass=0)
+
+
+def test_views_of_normalised_input_are_augmented_pixels_normalised_back():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    pixels = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    gens = [torch.Generator().manual_seed(0) for _ in range(2)]
+    views = augmented_views((pixels - m) / s, gens[0], 3, mean, std)
+    expected = (torch.cat([augment(pixels, gens[1]) for _ in range(3)]) - m) / s
+    assert views.shape == (12, 3, 16, 16)
+    assert torch.allclose(views, expected, atol=1e-5)
+    # Without mean/std the views are taken on x as given: not the same thing here.
+    plain = augmented_views((pixels - m) / s, torch.Generator().manual_seed(0), 3)
+    assert not torch.allclose(plain, expected, atol=1e-2)

@@ -21,7 +21,7 @@ from edgeadapt._registry import register_method
 from edgeadapt.bench.cifar import CIFAR_MEAN, CIFAR_STD
 from edgeadapt.cli import main
 from edgeadapt.config import EcoTTAConfig
-from edgeadapt.methods._augment import augment
+from edgeadapt.methods._augment import augmented_views
 from edgeadapt.methods._state import per_group_batch_statistics
 from edgeadapt.methods.ecotta import EcoTTAAdapter
 
@@ -36,12 +36,10 @@ class EcoTTAAugAdapter(EcoTTAAdapter):
     def loss(self, x):  # type: ignore[override]
         logits, reg = self._forward_with_parts(x)
         n, v = x.shape[0], self.config.views
-        mean = torch.tensor(CIFAR_MEAN, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(CIFAR_STD, device=x.device).view(1, -1, 1, 1)
         with torch.no_grad():  # views cost forward passes, nothing kept for backward
-            views = torch.cat([augment(x * std + mean, self.generator) for _ in range(v)])
+            views = augmented_views(x, self.generator, v, CIFAR_MEAN, CIFAR_STD)
             with per_group_batch_statistics(self.model, v):
-                target = self.model((views - mean) / std).softmax(1).view(v, n, -1).mean(0)
+                target = self.model(views).softmax(1).view(v, n, -1).mean(0)
         soft_ce = -(target * logits.log_softmax(1)).sum(1).mean()
         return soft_ce + self.config.reg_weight * reg, logits
 

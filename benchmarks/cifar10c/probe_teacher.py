@@ -36,7 +36,7 @@ from edgeadapt.bench.cifar import CIFAR_MEAN, CIFAR_STD
 from edgeadapt.cli import main
 from edgeadapt.config import EcoTTAConfig
 from edgeadapt.losses import soft_cross_entropy
-from edgeadapt.methods._augment import augment
+from edgeadapt.methods._augment import augmented_views
 from edgeadapt.methods._state import no_running_stat_updates
 from edgeadapt.methods.ecotta import EcoTTAAdapter
 
@@ -60,11 +60,11 @@ class EcoTTATeacherAdapter(EcoTTAAdapter):
         with torch.no_grad(), no_running_stat_updates(self.model):
             target = functional_call(self.model, teacher, (x,), strict=False)
             if self.config.views and target.softmax(1).max(1).values.mean() < 0.92:
-                mean = torch.tensor(CIFAR_MEAN, device=x.device).view(1, -1, 1, 1)
-                std = torch.tensor(CIFAR_STD, device=x.device).view(1, -1, 1, 1)
+                views = augmented_views(x, self.generator, self.config.views, CIFAR_MEAN, CIFAR_STD)
                 total = torch.zeros_like(target)
-                for _ in range(self.config.views):
-                    view = (augment(x * std + mean, self.generator) - mean) / std
+                for view in views.chunk(
+                    self.config.views
+                ):  # one view per forward: its own BN stats
                     total += functional_call(self.model, teacher, (view,), strict=False)
                 target = total / self.config.views
         logits, reg = self._forward_with_parts(x)

@@ -4,12 +4,13 @@ colour, affine, flip and noise parameters from the adapter's generator."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["augment"]
+__all__ = ["augment", "augmented_views"]
 
 
 def _uniform(
@@ -66,3 +67,22 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
     out = torch.where(flip.view(shape), out.flip(3), out)
     out = out + torch.randn(out.shape, generator=gen, dtype=x.dtype).to(dev) * 0.005
     return out.clamp(0, 1)
+
+
+def augmented_views(
+    x: Tensor,
+    gen: torch.Generator,
+    count: int,
+    mean: Sequence[float] | Tensor | None = None,
+    std: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    """`count` augmented views of the batch `x`, stacked view after view: (count·N, C, H, W).
+
+    With the per-channel `mean` and `std` it was normalised with, `x` is normalised input: the
+    views are taken on its pixels in [0, 1] and normalised back, as the model expects."""
+    if mean is None:
+        return torch.cat([augment(x, gen) for _ in range(count)])
+    mean, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                 for v in (mean, std))  # fmt: skip
+    views = torch.cat([augment(x * std + mean, gen) for _ in range(count)])
+    return (views - mean) / std

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from edgeadapt._registry import register_method
 from edgeadapt.config import CoTTAConfig
 from edgeadapt.losses import soft_cross_entropy
-from edgeadapt.methods._augment import augment
+from edgeadapt.methods._augment import augmented_views
 from edgeadapt.methods._state import (
     no_running_stat_updates,
     per_group_batch_statistics,
@@ -40,14 +40,6 @@ class CoTTAAdapter(Adapter):
         model.requires_grad_(True)
         self.anchor = copy.deepcopy(model).requires_grad_(False)  # the source model, kept as is
         self.teacher = copy.deepcopy(model).requires_grad_(False)  # EMA of the student
-        c = self.config
-        if c.input_mean is not None:
-            self.register_buffer(
-                "_mean", torch.tensor(c.input_mean).view(1, -1, 1, 1), persistent=False
-            )
-            self.register_buffer(
-                "_std", torch.tensor(c.input_std).view(1, -1, 1, 1), persistent=False
-            )
         return model
 
     def trainable_parameters(self):  # type: ignore[override]
@@ -68,14 +60,10 @@ class CoTTAAdapter(Adapter):
             confidence = self.anchor(x).softmax(dim=1).max(dim=1).values
             if c.augmentations == 0 or confidence.mean() >= c.confidence_threshold:
                 return teacher_logits
-            pixels = x * self._std + self._mean if c.input_mean is not None else x
             total = torch.zeros_like(teacher_logits)
             for start in range(0, c.augmentations, c.views_per_pass):
                 count = min(c.views_per_pass, c.augmentations - start)
-                views = [augment(pixels, self.generator) for _ in range(count)]
-                batch = torch.cat(views)
-                if c.input_mean is not None:
-                    batch = (batch - self._mean) / self._std
+                batch = augmented_views(x, self.generator, count, c.input_mean, c.input_std)
                 with per_group_batch_statistics(self.teacher, count):
                     total += self.teacher(batch).view(count, *teacher_logits.shape).sum(0)
             return total / c.augmentations
