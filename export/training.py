@@ -14,6 +14,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from edgeadapt.errors import CheckpointMismatchError
 from edgeadapt.export._files import read_program_bytes
 from edgeadapt.export.devices import DeviceProfile, load_profile
 from edgeadapt.export.errors import (
@@ -212,8 +213,8 @@ class TrainingRunner:
     def load_parameters(self, state: dict[str, Tensor], *, strict: bool = True) -> None:
         """Copy `state` (named as `parameters()` names them) into the program's own weights.
 
-        Strict: the names and shapes must be exactly the program's, else ValueError and nothing
-        is written. Not strict: what matches is copied and the rest left alone. The runtime
+        Strict: the names and shapes must be exactly the program's, else nothing is written and
+        CheckpointMismatchError (a ValueError) says what differs. Not strict: what matches is copied and the rest left alone. The runtime
         exposes its weights only after a first run (`forward_backward` on any batch)."""
         mine = {_strip(k): v for k, v in self.module.named_parameters().items()}
         if strict:
@@ -223,10 +224,11 @@ class TrainingRunner:
                 missing = sorted(set(want) - set(got))[:3]
                 unexpected = sorted(set(got) - set(want))[:3]
                 wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:3]
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"weights do not match the training program: missing {missing}, unexpected "
                     f"{unexpected}, wrong shape {wrong} ({len(got)} tensors given, "
-                    f"{len(want)} expected)"
+                    f"{len(want)} expected); use weights of the adapter this program was "
+                    "exported from"
                 )
         with torch.no_grad():
             for name, value in state.items():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import edgeadapt
+from edgeadapt.errors import CheckpointMismatchError
 from edgeadapt.export import (
     ProgramFileError,
     TrainingRunner,
@@ -85,7 +86,7 @@ def test_training_runner_loads_weights_and_refuses_mismatches(program):
     runner.load_parameters(shifted)
     assert all(torch.equal(runner.parameters()[k], v) for k, v in shifted.items())
     wrong = {**before, name: torch.zeros(3)}
-    with pytest.raises(ValueError, match="wrong shape"):
+    with pytest.raises(CheckpointMismatchError, match="wrong shape"):
         runner.load_parameters(wrong)
     assert torch.equal(runner.parameters()[name], shifted[name])  # nothing written
     runner.load_parameters({name: before[name]}, strict=False)  # only what matches
