@@ -214,8 +214,9 @@ class TrainingRunner:
         """Copy `state` (named as `parameters()` names them) into the program's own weights.
 
         Strict: the names and shapes must be exactly the program's, else nothing is written and
-        CheckpointMismatchError (a ValueError) says what differs. Not strict: what matches is copied and the rest left alone. The runtime
-        exposes its weights only after a first run (`forward_backward` on any batch)."""
+        CheckpointMismatchError (a ValueError) says what differs. Not strict: what matches is
+        copied and the rest left alone. The runtime exposes its weights only after a first run
+        (`forward_backward` on any batch)."""
         mine = {_strip(k): v for k, v in self.module.named_parameters().items()}
         if strict:
             want = {k: tuple(v.shape) for k, v in mine.items()}
