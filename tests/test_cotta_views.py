@@ -12,6 +12,7 @@ from edgeadapt.config import CoTTAConfig
 from edgeadapt.errors import ConfigError
 from edgeadapt.methods._augment import augment, augmented_views
 from edgeadapt.methods._state import per_group_batch_statistics, use_batch_statistics
+from edgeadapt.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_grouped_statistics_equal_separate_forwards(tiny_model, batch):
@@ -46,7 +47,7 @@ def test_views_per_pass_must_be_positive():
 
 
 def test_views_of_normalised_input_are_augmented_pixels_normalised_back():
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     pixels = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     gens = [torch.Generator().manual_seed(0) for _ in range(2)]

@@ -13,11 +13,9 @@ from edgeadapt.bench.protocols import make_protocol
 from edgeadapt.bench.runner import MethodResult, run_benchmark
 from edgeadapt.bench.sources import DomainSource, GeneratedSource, ReleaseSource
 from edgeadapt.errors import ConfigError
+from edgeadapt.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
 __all__ = ["default_clean_source", "load_clean_split", "run_cifar10c"]
-
-CIFAR_MEAN = (0.485, 0.456, 0.406)
-CIFAR_STD = (0.229, 0.224, 0.225)
 
 
 def default_clean_source() -> Path | None:

@@ -12,11 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from edgeadapt.errors import ConfigError, InputError
+from edgeadapt.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ArrayDataset", "iterate_batches", "to_tensor"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_tensor(images: np.ndarray, normalize: bool = False) -> torch.Tensor:

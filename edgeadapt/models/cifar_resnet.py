@@ -21,6 +21,7 @@ from torch import nn
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models._registry import register_model
+from edgeadapt.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CIFAR_MEAN",
@@ -39,8 +40,8 @@ __all__ = [
 
 # The akamaster weights were trained with the ImageNet statistics, not CIFAR-10's own;
 # the shared checkpoints expect exactly these (see shared/README.md).
-CIFAR_MEAN = (0.485, 0.456, 0.406)
-CIFAR_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = IMAGENET_MEAN
+CIFAR_STD = IMAGENET_STD
 
 
 class Normalize(nn.Module):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from edgeadapt.errors import ConfigError, InputError
+from edgeadapt.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -24,10 +25,6 @@ __all__ = [
     "fit_frame",
     "to_model_input",
 ]
-
-# What the shared CIFAR checkpoints were trained with (see edgeadapt.models.cifar_resnet).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Fit = Literal["crop", "squash"]
 

@@ -16,8 +16,9 @@ from edgeadapt.firmware_bridge.emulator.payloads import (
     u8_affine_size,
 )
 from edgeadapt.firmware_bridge.errors import MessageError
+from edgeadapt.normalization import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_raw_and_u8_affine_layouts() -> None:
