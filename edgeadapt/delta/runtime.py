@@ -43,7 +43,12 @@ __all__ = ["DeltaRuntime", "DeltaRuntimeConfig", "to_delta_runtime"]
 class DeltaRuntimeConfig:
     """How the streaming runtime trades exactness, re-anchoring and sparse compute."""
 
-    scene_cut_threshold: float = 0.5  # changed-pixel fraction above which to re-anchor densely
+    # Changed-pixel fraction above which to re-anchor densely. Re-anchoring changes cost, never
+    # outputs. Codec noise alone changes up to 98.8% of a static camera's pixels
+    # (benchmarks/delta/run.py), and a false cut costs a dense pass where the deltas below the
+    # first layer would have been sparse; a missed cut costs about one dense pass. So only a
+    # frame where essentially every pixel changed counts as a cut.
+    scene_cut_threshold: float = 0.995
     sparse_threshold: float = 0.3  # per layer: non-zero fraction of Δx above which to go dense
     anchor_every: int = 0  # also re-anchor every N frames (0: never; float64 does not drift)
     dtype: Literal["float64", "float32"] = "float64"  # accumulation dtype of weights and state
