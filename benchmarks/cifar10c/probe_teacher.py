@@ -17,6 +17,9 @@ teacher99, teacher999_v4) with tune_long.json's norm, eata and λ 5 rows into pr
 Measured (2000 images of each extra domain, 10 rounds, 1280 steps, 1 thread per run):
 teacher 0.999 21.09%, teacher 0.99 20.99%, teacher 0.999 + 4 views 20.59% (round means
 20.24-21.20, the gate switching views on and off); EcoTTA λ 5 20.83%, EATA 20.63%, BN 21.14%.
+Run once on the record stream with 4 views (`--data /tmp/c10c --protocol continual --rounds 1`,
+the standard 15): 22.93% on the first 1000 images of each domain, 22.80% on the full stream
+(EcoTTA 23.32%, CoTTA 21.25%): probe_teacher_test_{n1000,full}.json.
 
 Any `edgeadapt` command line works; this file only registers the `ecotta_teacher` method first.
 """
