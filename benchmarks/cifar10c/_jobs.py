@@ -34,7 +34,11 @@ def run_parallel(jobs: dict[str, list[str]], out_dir: Path, workers: int) -> dic
     if done:
         print(f"already done, kept: {', '.join(done)}", flush=True)
     jobs = {name: argv for name, argv in jobs.items() if name not in done}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # Share the cores: more threads than cores makes OpenMP spin, and three 2-thread jobs on 2
+    # cores run slower than one after another.
+    workers = max(1, min(workers, len(jobs)))
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
     def one(item: tuple[str, list[str]]) -> tuple[str, int]:
         name, argv = item
@@ -44,7 +48,7 @@ def run_parallel(jobs: dict[str, list[str]], out_dir: Path, workers: int) -> dic
         print(f"{name:32s} rc={rc} {time.time() - start:6.0f} s", flush=True)
         return name, rc
 
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         return {**dict.fromkeys(done, 0), **dict(pool.map(one, jobs.items()))}
 
 
