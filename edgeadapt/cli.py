@@ -100,7 +100,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model, methods, corruptions=corruptions, protocol=args.protocol, rounds=args.rounds,
         severity=args.severity, batch_size=args.batch, release_dir=args.data, clean_source=args.source,
         n_images=args.n_images, warmup_steps=args.warmup_steps, overrides=overrides, seed=args.seed,
-        device=args.device, progress=not args.quiet,
+        device=args.device, progress=not args.quiet, state_dir=args.state_dir,
     )  # fmt: skip
     table = markdown_table(results)
     print(table)
@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overrides", default=None, help='JSON, e.g. \'{"ecotta": {"lr": 0.01}}\'')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="save each method's adapter and results here after every domain, and resume from "
+        "there when the same command runs again (for runs of hours)",
+    )
     _add_outputs(p)
     p.set_defaults(func=_cmd_bench)
 

@@ -21,8 +21,10 @@ from edgeadapt.bench.report import markdown_table, rounds_table
 
 
 def bench_command(name: str, out_dir: Path, args: Sequence[str]) -> list[str]:
+    """One `edgeadapt bench` run; it saves its progress after every domain in out_dir/state/<name>,
+    so a run killed halfway goes on from there when the sweep runs again."""
     return [sys.executable, "-m", "edgeadapt.cli", "bench", "--quiet", *args,
-            "--json", str(out_dir / f"{name}.json")]  # fmt: skip
+            "--json", str(out_dir / f"{name}.json"), "--state-dir", str(out_dir / "state" / name)]  # fmt: skip
 
 
 def run_parallel(jobs: dict[str, list[str]], out_dir: Path, workers: int) -> dict[str, int]:

@@ -75,19 +75,23 @@ def run_cifar10c(
     device: str = "cpu",
     progress: bool = True,
     log=print,
+    state_dir: str | Path | None = None,
 ) -> list[MethodResult]:
     """Run every method through the protocol. Domains come from CIFAR-10-C release files
     (`release_dir`) or are generated from the clean test split of `clean_source`; the clean
-    train split of `clean_source` (when given) warms EcoTTA up and gives EATA its Fisher."""
+    train split of `clean_source` (when given) warms EcoTTA up and gives EATA its Fisher.
+    `state_dir`: save progress there and resume from it (`run_benchmark`)."""
     from edgeadapt.data import stream_order, to_tensor
 
     clean_source = clean_source or default_clean_source()
     source: DomainSource
     if release_dir is not None:
         source = ReleaseSource(release_dir)
+        stream_id = f"release {Path(release_dir).resolve()}"
     elif clean_source is not None:
         images, labels = load_clean_split(clean_source, "test", progress=progress)
         source = GeneratedSource(images, labels, seed=seed)
+        stream_id = f"generated from {Path(clean_source).resolve()}, seed {seed}"
     else:
         raise ConfigError(
             "no data: pass release_dir (CIFAR-10-C files) or clean_source (a clean CIFAR-10 split)"
@@ -125,7 +129,7 @@ def run_cifar10c(
     return run_benchmark(
         model, methods, segments, source, order=order, batch_size=batch_size,
         to_batch=lambda a: to_tensor(a, normalize=True), overrides=ov, warmup=prepare,
-        device=device, progress=progress, log=log,
+        device=device, progress=progress, log=log, state_dir=state_dir, stream_id=stream_id,
     )  # fmt: skip
 
 

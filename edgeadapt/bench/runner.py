@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgeadapt.bench.progress_file import StreamProgress
 from edgeadapt.bench.protocols import Segment
 from edgeadapt.bench.sources import DomainSource
 
@@ -81,14 +84,19 @@ def run_stream(
     device: str = "cpu",
     progress: bool = True,
     desc: str = "",
+    done: Sequence[SegmentResult] = (),
+    after_segment: Callable[[list[SegmentResult]], None] | None = None,
 ) -> list[SegmentResult]:
-    """Feed every segment's images, in `order`, batch by batch; the adapter predicts and adapts."""
+    """Feed every segment's images, in `order`, batch by batch; the adapter predicts and adapts.
+    `done`: results of the first segments, already run (a resumed stream starts after them).
+    `after_segment(results so far)` is called after each segment (to save progress)."""
     from tqdm.auto import tqdm
 
-    total = len(segments) * ((len(order) + batch_size - 1) // batch_size)
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="batch")
-    results = []
-    for seg in segments:
+    per_segment = (len(order) + batch_size - 1) // batch_size
+    bar = tqdm(total=len(segments) * per_segment, desc=desc, disable=not progress, leave=False,
+               unit="batch", initial=len(done) * per_segment)  # fmt: skip
+    results = list(done)
+    for seg in segments[len(done) :]:
         if seg.reset_before:
             adapter.reset()
         images, labels = source.get(seg.corruption, seg.severity)
@@ -109,6 +117,8 @@ def run_stream(
             )
         )
         bar.set_postfix(last=f"{seg.corruption}-{seg.severity}: {results[-1].error:.1f}%")
+        if after_segment is not None:
+            after_segment(results)
     bar.close()
     return results
 
@@ -127,9 +137,16 @@ def run_benchmark(
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    state_dir: str | Path | None = None,
+    stream_id: str = "",
 ) -> list[MethodResult]:
     """Every method over the same stream. `warmup(adapter)` prepares an adapter before its
-    stream (EcoTTA's source warm-up, EATA's Fisher); its time is reported apart."""
+    stream (EcoTTA's source warm-up, EATA's Fisher); its time is reported apart.
+
+    With `state_dir`, each method's adapter state and results are saved there after every
+    segment (`<method>.pt`, atomically), and a run that finds its file goes on after the last
+    saved segment with exactly the state it had, so a long run survives being interrupted.
+    `stream_id` names the data (a folder, a seed) so a file is never resumed on other images."""
     from edgeadapt.api import config_for, wrap
     from edgeadapt.memory import measure_step_memory
 
@@ -145,9 +162,16 @@ def run_benchmark(
         if warmup is not None:
             warmup(adapter)
         setup = time.perf_counter() - start
+        done, save = [], None
+        if state_dir is not None:
+            saved = StreamProgress(
+                Path(state_dir) / f"{method}.pt", segments, order, batch_size, stream_id
+            )
+            done = [SegmentResult(**d) for d in saved.resume(adapter, log)]
+            save = functools.partial(saved.save, adapter)
         segs = run_stream(
             adapter, segments, source, order=order, batch_size=batch_size, to_batch=to_batch,
-            device=device, progress=progress, desc=method,
+            device=device, progress=progress, desc=method, done=done, after_segment=save,
         )  # fmt: skip
         result = MethodResult(method, segs, memory, setup)
         log(

@@ -174,6 +174,62 @@ class Adapter(nn.Module):
         self._load_extra_state(copy.deepcopy(self._initial_extra))
         self.steps_taken = 0
 
+    def resume_state(self) -> dict[str, Any]:
+        """Everything the stream so far has built, and the reset point: `load_resume_state` on
+        an adapter wrapped the same way (same model, config and setup) then goes on exactly
+        where this one is, down to optimiser moments and the generator. Tensors and plain
+        containers only, so it reads back with `torch.load(..., weights_only=True)`."""
+        return {
+            "method": self.config.method,
+            "config": json.dumps(to_dict(self.config), sort_keys=True),
+            "weights": self._weights,
+            "state": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
+            "generator": self.generator.get_state(),
+            "extra": copy.deepcopy(self._extra_state()),
+            "steps_taken": self.steps_taken,
+            "reset_point": {
+                "state": {k: v.clone() for k, v in self._initial.items()},
+                "optimizer": copy.deepcopy(self._initial_opt),
+                "generator": self._initial_gen.clone(),
+                "extra": copy.deepcopy(self._initial_extra),
+            },
+        }
+
+    def load_resume_state(self, saved: dict[str, Any]) -> None:
+        """Continue from `resume_state()`. Refuses, changing nothing, state saved from another
+        method, config or frozen model, or before a setup step this adapter has had (or the
+        reverse: EATA's Fisher, for one, adds buffers)."""
+        config = json.dumps(to_dict(self.config), sort_keys=True)
+        if saved.get("method") != self.config.method or saved.get("config") != config:
+            raise CheckpointMismatchError(
+                f"the saved state is of a {saved.get('method')!r} adapter with config "
+                f"{saved.get('config')}; this one is {self.config.method!r} with {config}"
+            )
+        if saved.get("weights") != self._weights:
+            raise CheckpointMismatchError(
+                "the saved state was built on other frozen weights; wrap the model it came from"
+            )
+        own = self.state_dict()
+        state = saved["state"]
+        if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+            raise CheckpointMismatchError(
+                f"the saved state has other tensors than this adapter: missing "
+                f"{sorted(set(own) - set(state))[:5]}, unexpected {sorted(set(state) - set(own))[:5]}; "
+                "run the same setup (warm-up, compute_fisher) before loading it"
+            )
+        self.load_state_dict(state)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["generator"])
+        self._load_extra_state(copy.deepcopy(saved["extra"]))
+        self.steps_taken = int(saved["steps_taken"])
+        reset_point = saved["reset_point"]
+        self._initial = {k: v.clone() for k, v in reset_point["state"].items()}
+        self._initial_opt = copy.deepcopy(reset_point["optimizer"])
+        self._initial_gen = reset_point["generator"].clone()
+        self._initial_extra = copy.deepcopy(reset_point["extra"])
+
     def _extra_state(self) -> dict[str, Any]:
         """Python-side state a method keeps outside tensors (none by default)."""
         return {}
