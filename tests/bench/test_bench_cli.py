@@ -17,7 +17,8 @@ def test_parsers_build():
     parser = build_parser()
     assert parser.parse_args(["demo"]).methods == "source,norm,tent,ecotta"
     args = parser.parse_args(["bench", "--protocol", "gradual", "--batch", "32"])
-    assert args.protocol == "gradual" and args.batch == 32
+    assert args.protocol == "gradual" and args.batch == 32 and args.state_dir is None
+    assert parser.parse_args(["bench", "--state-dir", "runs"]).state_dir == "runs"
 
 
 @pytest.mark.skipif(
@@ -25,16 +26,23 @@ def test_parsers_build():
     reason=f"shared CIFAR-10 data absent at {ARCHIVE}",
 )
 def test_bench_on_shared_data(tmp_path, capsys):
-    out = tmp_path / "r.json"
-    code = main([
-        "bench", "--checkpoint", str(CHECKPOINT), "--methods", "source,norm", "--corruptions", "speckle_noise,saturate",
-        "--n-images", "128", "--warmup-steps", "0", "--quiet", "--json", str(out), "--markdown", str(tmp_path / "r.md"),
-    ])  # fmt: skip
-    assert code == 0
-    rows = json.loads(out.read_text())["results"]
+    def bench(out):
+        return main([
+            "bench", "--checkpoint", str(CHECKPOINT), "--methods", "source,norm", "--corruptions", "speckle_noise,saturate",
+            "--n-images", "128", "--warmup-steps", "0", "--quiet", "--json", str(out), "--markdown", str(tmp_path / "r.md"),
+            "--state-dir", str(tmp_path / "state"),
+        ])  # fmt: skip
+
+    assert bench(tmp_path / "r.json") == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
     assert [r["method"] for r in rows] == ["source", "norm"]
     assert rows[0]["segments"][0]["images"] == 128
     assert "| norm |" in capsys.readouterr().out
+    # The same command again finds every domain done and reports the same errors.
+    assert bench(tmp_path / "again.json") == 0
+    assert "after 2 of 2 segments" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again.json").read_text())["results"]
+    assert [r["segments"] for r in again] == [r["segments"] for r in rows]
 
 
 def test_bench_rejects_unknown_dataset(capsys):
