@@ -104,7 +104,26 @@ class EATAConfig(AdaptConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CoTTAConfig(AdaptConfig):
+class _InputStatistics:
+    """For methods that augment their inputs. Augmentations act on pixels in [0, 1], so inputs
+    are un-normalised first when the caller's normalisation is given (None: inputs are already
+    in [0, 1])."""
+
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+
+    def _check_input_statistics(self) -> None:
+        _check(
+            (self.input_mean is None) == (self.input_std is None),
+            "give input_mean and input_std together",
+        )
+        for name in ("input_mean", "input_std"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoTTAConfig(AdaptConfig, _InputStatistics):
     """Mean teacher with augmentation-averaged pseudo-labels and stochastic restore (Wang et al. 2022)."""
 
     method: str = dataclasses.field(default="cotta", init=False)
@@ -117,20 +136,10 @@ class CoTTAConfig(AdaptConfig):
     # 1 keeps the peak memory of one batch, as an edge device needs; all 32 at once is much
     # faster on a big CPU or a GPU and gives the same pseudo-labels up to float rounding.
     views_per_pass: int = 1
-    # The caller's input normalisation. Augmentations act on pixels in [0, 1], so inputs are
-    # un-normalised first when these are given (None: inputs are already in [0, 1]).
-    input_mean: tuple[float, ...] | None = None
-    input_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(
-            (self.input_mean is None) == (self.input_std is None),
-            "give input_mean and input_std together",
-        )
-        for name in ("input_mean", "input_std"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        self._check_input_statistics()
         _check(0 <= self.teacher_momentum < 1, "teacher_momentum must be in [0, 1)")
         _check(0 <= self.restore_prob <= 1, "restore_prob must be in [0, 1]")
         _check(0 <= self.confidence_threshold <= 1, "confidence_threshold must be in [0, 1]")
@@ -139,7 +148,7 @@ class CoTTAConfig(AdaptConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EcoTTAConfig(AdaptConfig):
+class EcoTTAConfig(AdaptConfig, _InputStatistics):
     """Meta networks on K parts of a frozen backbone (Song et al. 2023)."""
 
     method: str = dataclasses.field(default="ecotta", init=False)
@@ -173,9 +182,29 @@ class EcoTTAConfig(AdaptConfig):
     restore_prob: float = 0.0
     # Weigh each kept sample by exp(H0 - H), as EATA does: confident samples count more.
     entropy_weighting: bool = False
+    # A mean teacher over the meta networks (not in the paper; None: off). The meta networks
+    # then learn from the soft pseudo-labels of an exponential moving average of themselves
+    # (this momentum) instead of from their own entropy; the self-distilled term stays, and
+    # predictions come from the teacher. Costs forwards, not memory kept for backward.
+    teacher_momentum: float | None = None
+    # With the teacher: augmented views of each batch it also predicts (one forward each), and
+    # per sample the more confident of its plain and its view-averaged prediction becomes the
+    # target. The views smooth: that helps on noise and misleads on blur, and the pick keeps
+    # whichever is surer. Give input_mean / input_std when inputs are normalised.
+    teacher_views: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._check_input_statistics()
+        _check(
+            self.teacher_momentum is None or 0 <= self.teacher_momentum < 1,
+            "teacher_momentum must be None (no teacher) or in [0, 1)",
+        )
+        _check(self.teacher_views >= 0, "teacher_views must be >= 0")
+        _check(
+            self.teacher_views == 0 or self.teacher_momentum is not None,
+            "teacher_views needs the teacher: set teacher_momentum (e.g. 0.999)",
+        )
         _check(0.0 <= self.restore_prob <= 1.0, "restore_prob must be in [0, 1]")
         _check(self.num_parts is None or self.num_parts >= 1, "num_parts must be >= 1")
         _check(self.entropy_margin > 0, "entropy_margin must be > 0")

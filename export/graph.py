@@ -96,7 +96,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
     """A copy of an adapter's network (or of a plain model) without lean ops or recompute."""
     from edgeadapt.methods.base import Adapter
 
-    net = copy.deepcopy(model.model if isinstance(model, Adapter) else model)
+    net = copy.deepcopy(model.prediction_network() if isinstance(model, Adapter) else model)
     _unlean(net)
     return net
 

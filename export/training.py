@@ -39,6 +39,12 @@ def training_step_module(adapter, *, quantize: str | None = None) -> nn.Module:
         raise UnsupportedExportError(f"quantize must be 'int8' or None, got {quantize!r}")
     method = getattr(getattr(adapter, "config", None), "method", None)
     if method == "ecotta":
+        if adapter.config.teacher_momentum is not None:
+            raise UnsupportedExportError(
+                "the EcoTTA training program runs the paper's entropy step; an adapter with "
+                "teacher_momentum set learns from its teacher, which the program does not have. "
+                "Export one wrapped without teacher_momentum, or export program='infer'"
+            )
         return EcoTTAStep(adapter, int8=quantize == "int8")
     if method == "tent":
         return TentStep(adapter, int8=quantize == "int8")

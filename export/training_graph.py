@@ -70,7 +70,7 @@ class EcoTTAStep(nn.Module):
         from edgeadapt.modules.meta import MetaPart
 
         super().__init__()
-        net = plain_copy(adapter)
+        net = plain_copy(adapter.model)  # the student: the step trains its weights
         replace_batchnorms(net, which="all")  # frozen ones too: eval BN backward is not portable
         _pad_by_concat(net)
         net.requires_grad_(False)
@@ -115,7 +115,7 @@ class TentStep(nn.Module):
         from edgeadapt.export.graph import PlainBatchNorm2d
 
         super().__init__()
-        net = plain_copy(adapter)
+        net = plain_copy(adapter.model)  # the student: the step trains its weights
         replace_batchnorms(net, which="all")
         _pad_by_concat(net)
         net.requires_grad_(False)

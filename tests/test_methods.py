@@ -8,6 +8,8 @@ from tiny import ADAPTING, METHODS, tiny_config
 
 import edgeadapt
 from edgeadapt.api import wrap
+from edgeadapt.methods._state import no_running_stat_updates
+from edgeadapt.models import create_model
 
 
 def _frozen_keys(adapter) -> list[str]:
@@ -112,3 +114,19 @@ def test_eval_call_does_not_stop_batch_statistics(method, tiny_model, batch, exa
     modes = [m.training for m in adapter.model.modules()]
     adapter.eval()
     assert modes == [m.training for m in adapter.model.modules()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_prediction_network_is_what_predict_runs(method):
+    """Exporters copy `prediction_network()`: for CoTTA that is the teacher, not the student."""
+    torch.manual_seed(0)
+    adapter = wrap(create_model("tiny_resnet"), tiny_config(method))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        adapter(torch.randn(8, 3, 16, 16, generator=gen))
+    x = torch.randn(8, 3, 16, 16, generator=gen)
+    net = adapter.prediction_network()
+    with adapter.frozen():
+        predicted = adapter(x)
+    with torch.no_grad(), no_running_stat_updates(net):
+        assert torch.equal(net(x), predicted)

@@ -38,7 +38,6 @@ from edgeadapt._registry import register_method
 from edgeadapt.bench.cifar import CIFAR_MEAN, CIFAR_STD
 from edgeadapt.cli import main
 from edgeadapt.config import EcoTTAConfig
-from edgeadapt.losses import soft_cross_entropy
 from edgeadapt.methods._augment import augmented_views
 from edgeadapt.methods._state import no_running_stat_updates
 from edgeadapt.methods.ecotta import EcoTTAAdapter
@@ -47,38 +46,37 @@ from edgeadapt.methods.ecotta import EcoTTAAdapter
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EcoTTATeacherConfig(EcoTTAConfig):
     method: str = dataclasses.field(default="ecotta_teacher", init=False)
-    teacher_momentum: float = 0.999  # CoTTA's
-    # Augmented views the teacher averages when its mean confidence is below 0.92 (CoTTA's
-    # gate uses the source model's confidence; the teacher's is close enough for a probe).
+    teacher_momentum: float | None = 0.999  # CoTTA's
+    # Augmented views the teacher averages (the library's teacher_views, with a choice of how
+    # the average is used).
     views: int = 0
+    # "gate": the average replaces the teacher's prediction for the whole batch when the
+    # teacher's mean confidence is below 0.92 (CoTTA's gate uses the source model's confidence;
+    # the teacher's is close enough for a probe). "confident": views on every batch, and per
+    # sample the more confident of the two: what the library's teacher_views does.
+    pick: str = "gate"
 
 
 class EcoTTATeacherAdapter(EcoTTAAdapter):
-    def loss(self, x):  # type: ignore[override]
-        if self.steps_taken == 0:  # start (and restart after reset) from the student as it is
-            self._teacher = {
-                n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad
-            }
-        teacher = self._teacher
-        with torch.no_grad(), no_running_stat_updates(self.model):
-            target = functional_call(self.model, teacher, (x,), strict=False)
-            if self.config.views and target.softmax(1).max(1).values.mean() < 0.92:
-                views = augmented_views(x, self.generator, self.config.views, CIFAR_MEAN, CIFAR_STD)
-                total = torch.zeros_like(target)
-                for view in views.chunk(
-                    self.config.views
-                ):  # one view per forward: its own BN stats
-                    total += functional_call(self.model, teacher, (view,), strict=False)
-                target = total / self.config.views
-        logits, reg = self._forward_with_parts(x)
-        return soft_cross_entropy(logits, target).mean() + self.config.reg_weight * reg, target
+    """The library's teacher (EcoTTAConfig.teacher_momentum) with the probe's choice of views."""
 
     @torch.no_grad()
-    def after_step(self, x, logits):  # type: ignore[override]
-        super().after_step(x, logits)
-        student = dict(self.model.named_parameters())
-        for n, t in self._teacher.items():
-            t.lerp_(student[n], 1 - self.config.teacher_momentum)
+    def _teacher_target(self, x):  # type: ignore[override]
+        teacher = self._teacher()
+        with no_running_stat_updates(self.model):
+            target = functional_call(self.model, teacher, (x,), strict=False)
+            gate = self.config.pick == "confident" or target.softmax(1).max(1).values.mean() < 0.92
+            if not (self.config.views and gate):
+                return target
+            views = augmented_views(x, self.generator, self.config.views, CIFAR_MEAN, CIFAR_STD)
+            total = torch.zeros_like(target)
+            for view in views.chunk(self.config.views):  # one view per forward: its own BN stats
+                total += functional_call(self.model, teacher, (view,), strict=False)
+            averaged = total / self.config.views
+        if self.config.pick == "gate":
+            return averaged
+        better = averaged.softmax(1).max(1).values > target.softmax(1).max(1).values
+        return torch.where(better[:, None], averaged, target)
 
 
 register_method(EcoTTATeacherConfig, EcoTTATeacherAdapter)

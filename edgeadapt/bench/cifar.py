@@ -125,7 +125,8 @@ def run_cifar10c(
             )
 
     ov = {m: dict(v) for m, v in (overrides or {}).items()}
-    ov.setdefault("cotta", {}).update(input_mean=CIFAR_MEAN, input_std=CIFAR_STD)
+    for augmenting in ("cotta", "ecotta"):  # their augmented views un-normalise first
+        ov.setdefault(augmenting, {}).update(input_mean=CIFAR_MEAN, input_std=CIFAR_STD)
     return run_benchmark(
         model, methods, segments, source, order=order, batch_size=batch_size,
         to_batch=lambda a: to_tensor(a, normalize=True), overrides=ov, warmup=prepare,

@@ -101,6 +101,11 @@ class Adapter(nn.Module):
         with torch.no_grad(), no_running_stat_updates(self.model):
             return self.model(x)
 
+    def prediction_network(self) -> nn.Module:
+        """The network `predict` runs, as a module (what exporters copy): the working model,
+        or a teacher where the method predicts with one."""
+        return self.model
+
     def adapter_state_keys(self) -> list[str]:
         """State-dict keys of what adaptation changes: trainable parameters and the buffers of
         the modules that own them."""

@@ -53,6 +53,9 @@ class CoTTAAdapter(Adapter):
         with torch.no_grad(), no_running_stat_updates(self.teacher):
             return self.teacher(x)
 
+    def prediction_network(self) -> nn.Module:
+        return self.teacher
+
     def _pseudo_label(self, x: Tensor) -> Tensor:
         c = self.config
         with torch.no_grad():

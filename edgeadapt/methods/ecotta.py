@@ -10,22 +10,39 @@ and 1-bit masks, not the frozen layers' activations.
 
 Meta networks are warmed up on labelled source data first (`warmup`). Note: EcoTTA is
 patented by its authors' company; see the README.
+
+With `teacher_momentum` (not in the paper) the meta networks learn from a mean teacher of
+themselves instead of their own entropy, CoTTA's recipe applied to the meta weights only, and
+with `teacher_views` from augmented views too, the more confident prediction per sample.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgeadapt._registry import register_method
 from edgeadapt.config import EcoTTAConfig
 from edgeadapt.errors import InputError
-from edgeadapt.losses import confidence_weights, entropy, entropy_margin, lean_l1
-from edgeadapt.methods._state import stochastic_restore, use_batch_statistics
+from edgeadapt.losses import (
+    confidence_weights,
+    entropy,
+    entropy_margin,
+    lean_l1,
+    soft_cross_entropy,
+)
+from edgeadapt.methods._augment import augmented_views
+from edgeadapt.methods._state import (
+    no_running_stat_updates,
+    stochastic_restore,
+    use_batch_statistics,
+)
 from edgeadapt.methods.base import Adapter
 from edgeadapt.modules.lean import make_lean
 from edgeadapt.modules.meta import MetaConvBlock, MetaPart
@@ -61,6 +78,12 @@ class EcoTTAAdapter(Adapter):
         # H0 of the sample weights, and the filter (which memory planning opens to every sample).
         self.entropy_reference = entropy_margin(c.entropy_margin, self.num_classes)
         self.entropy_threshold = self.entropy_reference
+        if c.teacher_momentum is not None:
+            # Buffers, so the teacher is saved, resumed and reset with the adapter. Named
+            # `teacher_weights`: a submodule called `meta`, `graph` or `code` breaks export.
+            self.teacher_weights = nn.Module()
+            for name, p in _meta_parameters(model):
+                self.teacher_weights.register_buffer(_buffer_name(name), p.detach().clone())
         return model
 
     def trainable_parameters(self):  # type: ignore[override]
@@ -89,6 +112,10 @@ class EcoTTAAdapter(Adapter):
         return logits, reg / max(len(pairs), 1)
 
     def loss(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
+        if self.config.teacher_momentum is not None:
+            target = self._teacher_target(x)
+            logits, reg = self._forward_with_parts(x)
+            return soft_cross_entropy(logits, target).mean() + self.config.reg_weight * reg, target
         logits, reg = self._forward_with_parts(x)
         ent = entropy(logits)
         keep = ent < self.entropy_threshold
@@ -99,7 +126,65 @@ class EcoTTAAdapter(Adapter):
             kept = kept * confidence_weights(kept, self.entropy_reference)
         return kept.mean() + self.config.reg_weight * reg, logits
 
+    def _teacher(self) -> dict[str, Tensor]:
+        return {name: getattr(self.teacher_weights, _buffer_name(name))
+                for name, _ in _meta_parameters(self.model)}  # fmt: skip
+
+    @torch.no_grad()
+    def _teacher_target(self, x: Tensor) -> Tensor:
+        """The teacher's prediction of `x`; with views, per sample the more confident of it and
+        the average over the augmented views (each view normalised with its own statistics)."""
+        c = self.config
+        teacher = self._teacher()
+        with no_running_stat_updates(self.model):
+            target = functional_call(self.model, teacher, (x,), strict=False)
+            if not c.teacher_views:
+                return target
+            views = augmented_views(x, self.generator, c.teacher_views, c.input_mean, c.input_std)
+            averaged = (
+                sum(
+                    functional_call(self.model, teacher, (view,), strict=False)
+                    for view in views.chunk(c.teacher_views)
+                )
+                / c.teacher_views
+            )
+        surer = averaged.softmax(1).amax(1) > target.softmax(1).amax(1)
+        return torch.where(surer[:, None], averaged, target)
+
+    def predict(self, x: Tensor) -> Tensor:
+        if self.config.teacher_momentum is None:
+            return super().predict(x)
+        with torch.no_grad(), no_running_stat_updates(self.model):
+            return functional_call(self.model, self._teacher(), (x,), strict=False)
+
+    def prediction_network(self) -> nn.Module:
+        if self.config.teacher_momentum is None:
+            return self.model
+        net = copy.deepcopy(self.model)
+        teacher = self._teacher()
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name in teacher:
+                    p.copy_(teacher[name])
+        return net
+
+    def adapter_state_keys(self) -> list[str]:
+        keys = super().adapter_state_keys()
+        if self.config.teacher_momentum is not None:
+            keys += [f"teacher_weights.{n}" for n, _ in self.teacher_weights.named_buffers()]
+        return keys
+
+    def _sync_teacher(self) -> None:
+        if self.config.teacher_momentum is not None:
+            with torch.no_grad():
+                for name, t in self._teacher().items():
+                    t.copy_(self.model.get_parameter(name))
+
     def after_step(self, x: Tensor, logits: Tensor) -> None:
+        if self.config.teacher_momentum is not None:
+            with torch.no_grad():
+                for name, t in self._teacher().items():
+                    t.lerp_(self.model.get_parameter(name), 1 - self.config.teacher_momentum)
         if self.config.restore_prob > 0:  # toward the reset point (wrap time, or after warm-up)
             named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
             stochastic_restore([p for _, p in named], [self._initial[n] for n, _ in named],
@@ -152,6 +237,7 @@ class EcoTTAAdapter(Adapter):
                     bar.update(1)
                     bar.set_postfix(last)
         bar.close()
+        self._sync_teacher()  # the teacher starts from the warmed-up meta networks
         self.snapshot()
         return last
 
@@ -192,6 +278,17 @@ def _channel_moments(t: Tensor) -> Tensor:
 
 def _meta_parts(model: nn.Module) -> list[MetaPart]:
     return [m for m in model.modules() if isinstance(m, MetaPart)]
+
+
+def _meta_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The meta networks' weights by their names in `model` (what the teacher averages)."""
+    meta = {id(p) for part in _meta_parts(model)
+            for net in (part.adapter_bn, part.adapter_conv) for p in net.parameters()}  # fmt: skip
+    return [(n, p) for n, p in model.named_parameters() if id(p) in meta]
+
+
+def _buffer_name(parameter_name: str) -> str:
+    return parameter_name.replace(".", "__")
 
 
 register_method(EcoTTAConfig, EcoTTAAdapter)
