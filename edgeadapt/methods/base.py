@@ -163,20 +163,11 @@ class Adapter(nn.Module):
     # ---- state ---------------------------------------------------------------------------
     def snapshot(self) -> None:
         """Make the current state the one `reset()` returns to (wrap time, or after warm-up)."""
-        self._initial = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        self._initial_opt = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
-        self._initial_gen = self.generator.get_state()
-        self._initial_extra = copy.deepcopy(self._extra_state())
+        self._reset_point = self._capture()
 
     def reset(self) -> None:
         """Return exactly to the state at wrap time (or the last `snapshot()`)."""
-        with torch.no_grad():
-            for k, v in self.state_dict(keep_vars=True).items():
-                v.copy_(self._initial[k])
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(copy.deepcopy(self._initial_opt))
-        self.generator.set_state(self._initial_gen)
-        self._load_extra_state(copy.deepcopy(self._initial_extra))
+        self._restore(self._reset_point)
         self.steps_taken = 0
 
     def resume_state(self) -> dict[str, Any]:
@@ -188,17 +179,9 @@ class Adapter(nn.Module):
             "method": self.config.method,
             "config": json.dumps(to_dict(self.config), sort_keys=True),
             "weights": self._weights,
-            "state": {k: v.detach().clone() for k, v in self.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
-            "generator": self.generator.get_state(),
-            "extra": copy.deepcopy(self._extra_state()),
+            **self._capture(),
             "steps_taken": self.steps_taken,
-            "reset_point": {
-                "state": {k: v.clone() for k, v in self._initial.items()},
-                "optimizer": copy.deepcopy(self._initial_opt),
-                "generator": self._initial_gen.clone(),
-                "extra": copy.deepcopy(self._initial_extra),
-            },
+            "reset_point": copy.deepcopy(self._reset_point),
         }
 
     def load_resume_state(self, saved: dict[str, Any]) -> None:
@@ -223,17 +206,28 @@ class Adapter(nn.Module):
                 f"{sorted(set(own) - set(state))[:5]}, unexpected {sorted(set(state) - set(own))[:5]}; "
                 "run the same setup (warm-up, compute_fisher) before loading it"
             )
-        self.load_state_dict(state)
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(saved["optimizer"])
-        self.generator.set_state(saved["generator"])
-        self._load_extra_state(copy.deepcopy(saved["extra"]))
+        self._restore(saved)
         self.steps_taken = int(saved["steps_taken"])
-        reset_point = saved["reset_point"]
-        self._initial = {k: v.clone() for k, v in reset_point["state"].items()}
-        self._initial_opt = copy.deepcopy(reset_point["optimizer"])
-        self._initial_gen = reset_point["generator"].clone()
-        self._initial_extra = copy.deepcopy(reset_point["extra"])
+        self._reset_point = copy.deepcopy(saved["reset_point"])
+
+    def _capture(self) -> dict[str, Any]:
+        """Copies of all the adapter's state: tensors, optimiser, generator, Python-side extras."""
+        return {
+            "state": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
+            "generator": self.generator.get_state(),
+            "extra": copy.deepcopy(self._extra_state()),
+        }
+
+    def _restore(self, captured: dict[str, Any]) -> None:
+        """Load what `_capture` returned; it stays untouched (it may be restored again)."""
+        with torch.no_grad():
+            for k, v in self.state_dict(keep_vars=True).items():
+                v.copy_(captured["state"][k])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(captured["optimizer"]))
+        self.generator.set_state(captured["generator"])
+        self._load_extra_state(copy.deepcopy(captured["extra"]))
 
     def _extra_state(self) -> dict[str, Any]:
         """Python-side state a method keeps outside tensors (none by default)."""

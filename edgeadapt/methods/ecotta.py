@@ -187,7 +187,8 @@ class EcoTTAAdapter(Adapter):
                     t.lerp_(self.model.get_parameter(name), 1 - self.config.teacher_momentum)
         if self.config.restore_prob > 0:  # toward the reset point (wrap time, or after warm-up)
             named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-            stochastic_restore([p for _, p in named], [self._initial[n] for n, _ in named],
+            initial = self._reset_point["state"]
+            stochastic_restore([p for _, p in named], [initial[n] for n, _ in named],
                                self.config.restore_prob, self.generator)  # fmt: skip
 
     def warmup(
