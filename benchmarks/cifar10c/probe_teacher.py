@@ -45,9 +45,8 @@ from edgeadapt._registry import register_method
 from edgeadapt.bench.cifar import CIFAR_MEAN, CIFAR_STD
 from edgeadapt.cli import main
 from edgeadapt.config import EcoTTAConfig
-from edgeadapt.methods._augment import augmented_views
 from edgeadapt.methods._state import no_running_stat_updates
-from edgeadapt.methods.ecotta import EcoTTAAdapter
+from edgeadapt.methods.ecotta import EcoTTAAdapter, more_confident
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,15 +74,8 @@ class EcoTTATeacherAdapter(EcoTTAAdapter):
             gate = self.config.pick == "confident" or target.softmax(1).max(1).values.mean() < 0.92
             if not (self.config.views and gate):
                 return target
-            views = augmented_views(x, self.generator, self.config.views, CIFAR_MEAN, CIFAR_STD)
-            total = torch.zeros_like(target)
-            for view in views.chunk(self.config.views):  # one view per forward: its own BN stats
-                total += functional_call(self.model, teacher, (view,), strict=False)
-            averaged = total / self.config.views
-        if self.config.pick == "gate":
-            return averaged
-        better = averaged.softmax(1).max(1).values > target.softmax(1).max(1).values
-        return torch.where(better[:, None], averaged, target)
+            averaged = self._view_average(x, teacher, self.config.views, CIFAR_MEAN, CIFAR_STD)
+        return averaged if self.config.pick == "gate" else more_confident(averaged, target)
 
 
 register_method(EcoTTATeacherConfig, EcoTTATeacherAdapter)

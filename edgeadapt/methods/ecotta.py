@@ -133,23 +133,31 @@ class EcoTTAAdapter(Adapter):
     @torch.no_grad()
     def _teacher_target(self, x: Tensor) -> Tensor:
         """The teacher's prediction of `x`; with views, per sample the more confident of it and
-        the average over the augmented views (each view normalised with its own statistics)."""
+        the average over the augmented views."""
         c = self.config
         teacher = self._teacher()
         with no_running_stat_updates(self.model):
             target = functional_call(self.model, teacher, (x,), strict=False)
             if not c.teacher_views:
                 return target
-            views = augmented_views(x, self.generator, c.teacher_views, c.input_mean, c.input_std)
-            averaged = (
-                sum(
-                    functional_call(self.model, teacher, (view,), strict=False)
-                    for view in views.chunk(c.teacher_views)
-                )
-                / c.teacher_views
-            )
-        surer = averaged.softmax(1).amax(1) > target.softmax(1).amax(1)
-        return torch.where(surer[:, None], averaged, target)
+            averaged = self._view_average(x, teacher, c.teacher_views, c.input_mean, c.input_std)
+        return more_confident(averaged, target)
+
+    def _view_average(
+        self,
+        x: Tensor,
+        teacher: dict[str, Tensor],
+        count: int,
+        mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None,
+    ) -> Tensor:
+        """The teacher's logits averaged over `count` augmented views of `x`, one forward per
+        view (each normalised with its own batch statistics)."""
+        views = augmented_views(x, self.generator, count, mean, std)
+        total = sum(
+            functional_call(self.model, teacher, (v,), strict=False) for v in views.chunk(count)
+        )
+        return total / count
 
     def predict(self, x: Tensor) -> Tensor:
         if self.config.teacher_momentum is None:
@@ -279,6 +287,12 @@ def _channel_moments(t: Tensor) -> Tensor:
 
 def _meta_parts(model: nn.Module) -> list[MetaPart]:
     return [m for m in model.modules() if isinstance(m, MetaPart)]
+
+
+def more_confident(a: Tensor, b: Tensor) -> Tensor:
+    """Per sample, the logits of `a` where its top probability is higher than `b`'s, else `b`."""
+    surer = a.softmax(1).amax(1) > b.softmax(1).amax(1)
+    return torch.where(surer[:, None], a, b)
 
 
 def _meta_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
