@@ -29,6 +29,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="ecotta: frozen BNs on batch or source statistics (eval keeps less for backward)",
     )
+    p.add_argument(
+        "--settings",
+        default=None,
+        help="the method's settings as JSON, e.g. '{\"teacher_momentum\": 0.999, "
+        "\"teacher_views\": 4}' (EcoTTA's teacher option)",
+    )
     p.add_argument("--adapter", default=None, help="saved adapter weights (adapter.save) to load")
     p.add_argument("--format", choices=("onnx", "executorch"), default="executorch")
     p.add_argument("--program", choices=("infer", "adapt"), default="infer")
@@ -87,6 +93,23 @@ def _calibration(args: argparse.Namespace, shape: tuple[int, ...]):
     return [x[i : i + shape[0]] for i in range(0, len(x) - shape[0] + 1, shape[0])][:8]
 
 
+def _settings(text: str | None) -> dict:
+    """The --settings JSON object; ConfigError naming the problem otherwise."""
+    import json
+
+    from edgeadapt.errors import ConfigError
+
+    if not text:
+        return {}
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--settings is not JSON ({exc}); e.g. '{{\"lr\": 0.001}}'") from exc
+    if not isinstance(fields, dict):
+        raise ConfigError(f"--settings must be a JSON object of settings, got {text!r}")
+    return fields
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the model (and adapter), export, verify, check the fit; 0, or 3 when it does
     not fit the device (the program, its bundle and the JSON report are written anyway)."""
@@ -117,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
-    fields = {"frozen_bn": args.frozen_bn} if args.frozen_bn else {}
+    fields = _settings(args.settings)
+    if args.frozen_bn:
+        fields["frozen_bn"] = args.frozen_bn
     if args.adapter:
         model = load_adapter(model, args.adapter, example_input=example[:2])
     elif args.method != "source":

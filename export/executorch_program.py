@@ -30,10 +30,12 @@ __all__ = [
 Backend = Literal["xnnpack", "portable"]
 
 
-def capture(net: nn.Module, example: Tensor) -> Any:
-    """torch.export the module; ExportError naming the cause when it cannot be captured."""
+def capture(net: nn.Module, example: Tensor | tuple[Tensor, ...]) -> Any:
+    """torch.export the module for `example` (one input, or a tuple of them); ExportError
+    naming the cause when it cannot be captured."""
+    inputs = example if isinstance(example, tuple) else (example,)
     try:
-        return torch.export.export(net, (example,), strict=False)
+        return torch.export.export(net, inputs, strict=False)
     except Exception as exc:
         raise ExportError(
             f"torch.export could not capture {type(net).__name__} ({type(exc).__name__}: "
@@ -137,12 +139,14 @@ def write_pte(
     profile: DeviceProfile | None = None,
     expected: tuple[Tensor, ...] | None = None,
     bundle_atol: float = 0.0,
+    bundle_inputs: tuple[Tensor, ...] | None = None,
     **fields: Any,
 ) -> ExportReport:
     """Write a verified program atomically; report its size and the memory plan read back
     from its own bytes (`profile`: the device whose banks it was planned into). With
-    `expected` (the method's outputs from PyTorch for `example`), also write the bundled
-    program `<stem>.bpte` for on-target verification within `bundle_atol`."""
+    `expected` (the method's outputs from PyTorch for `example`, or for `bundle_inputs` where
+    the program takes more than the batch), also write the bundled program `<stem>.bpte` for
+    on-target verification within `bundle_atol`."""
     from edgeadapt.export.bundled import BundledCase, write_bundled_program
     from edgeadapt.export.memory_plan import plan_banks
     from edgeadapt.export.runtime_estimate import estimate_runtime_bytes
@@ -154,7 +158,8 @@ def write_pte(
     atomic_write_bytes(path, data)
     bundled = None
     if expected is not None:
-        bundled = write_bundled_program(path, [BundledCase((example,), expected)])
+        cases = [BundledCase(bundle_inputs or (example,), expected)]
+        bundled = write_bundled_program(path, cases)
     return ExportReport(
         path=path, format="executorch", file_bytes=len(data), sha256=sha256(data).hexdigest(),
         input_shape=tuple(example.shape),

@@ -33,18 +33,14 @@ PREFIX = "model."  # the step modules hold the network as `.model`, like the ada
 def training_step_module(adapter, *, quantize: str | None = None) -> nn.Module:
     """The plain-op loss graph of an EcoTTA or Tent adapter (x -> loss, logits, kept);
     `quantize="int8"` stores the frozen convolutions' weights int8 (`Int8WeightConv2d`)."""
-    from edgeadapt.export.training_graph import EcoTTAStep, TentStep
+    from edgeadapt.export.training_graph import EcoTTAStep, EcoTTATeacherStep, TentStep
 
     if quantize not in (None, "int8"):
         raise UnsupportedExportError(f"quantize must be 'int8' or None, got {quantize!r}")
     method = getattr(getattr(adapter, "config", None), "method", None)
     if method == "ecotta":
         if adapter.config.teacher_momentum is not None:
-            raise UnsupportedExportError(
-                "the EcoTTA training program runs the paper's entropy step; an adapter with "
-                "teacher_momentum set learns from its teacher, which the program does not have. "
-                "Export one wrapped without teacher_momentum, or export program='infer'"
-            )
+            return EcoTTATeacherStep(adapter, int8=quantize == "int8")
         return EcoTTAStep(adapter, int8=quantize == "int8")
     if method == "tent":
         return TentStep(adapter, int8=quantize == "int8")
@@ -73,19 +69,29 @@ def to_training_program(
     the graph; activations stay fp32 (PT2E's activation quantization has no gradient).
     """
     from executorch.exir import to_edge
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
     from torch.export.experimental import _export_forward_backward
 
     from edgeadapt.export.executorch_program import capture, write_pte
     from edgeadapt.export.memory_plan import backend_config
-    from edgeadapt.export.training_passes import input_free_conv_backward
+    from edgeadapt.export.training_passes import (
+        input_free_conv_backward,
+        training_indices_without_buffer_mutations,
+    )
 
     profile = load_profile(device) if isinstance(device, str) else device
     step = training_step_module(adapter, quantize=quantize)
     example = example.detach()
+    inputs = step.example_inputs(example) if hasattr(step, "example_inputs") else (example,)
+    mutable = getattr(step, "mutable_buffers", ())
     try:
-        exported = _export_forward_backward(capture(step, example))
+        exported = _export_forward_backward(capture(step, inputs))
         input_free_conv_backward(exported)
-        data = to_edge(exported).to_executorch(backend_config(profile)).buffer
+        config = backend_config(profile)
+        if mutable:  # without it a mutated buffer's initial value is not written to the file
+            config.passes.append(InitializedMutableBufferPass(list(mutable)))
+        with training_indices_without_buffer_mutations():
+            data = to_edge(exported).to_executorch(config).buffer
     except ExportError:
         raise
     except Exception as exc:
@@ -93,10 +99,11 @@ def to_training_program(
             f"building the training program failed ({type(exc).__name__}: {exc})"
         ) from exc
     trainable = {_strip(n): p for n, p in step.named_parameters() if p.requires_grad}
-    loss, logits, _ = step(example)
+    # One eager call only: a step with a teacher updates its buffers on every call.
+    loss, logits, kept = step(*inputs)
     grads = dict(zip(trainable, torch.autograd.grad(loss, list(trainable.values()))))
     runner = TrainingRunner.from_bytes(data, lr=0.0, name=str(path))
-    got_loss, got_logits, _ = runner.forward_backward(example)
+    got_loss, got_logits, _ = runner.forward_backward(example, inputs[1:] or None)
     got_grads = runner.gradients()
     if set(got_grads) != set(grads):
         raise VerificationError(
@@ -127,20 +134,21 @@ def to_training_program(
         for spec in exported.graph_signature.output_specs
         if spec.kind.name == "GRADIENT_TO_PARAMETER"
     ]
-    _, _, kept = step(example)
     expected = (loss.detach(), logits, kept, *(grads[k] for k in order))
     expected += tuple(trainable[k].detach() for k in order)
     bound = max(atol + rtol * sc for sc in scales)
     return write_pte(
         path, data, example, program="adapt", backend="portable", max_abs_error=max(errors),
         batch_statistics=True, profile=profile, trainable_bytes=trainable_bytes,
-        quantized=quantize, expected=expected, bundle_atol=bound,
+        quantized=quantize, expected=expected, bundle_atol=bound, bundle_inputs=inputs,
         notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",),
     )  # fmt: skip
 
 
 class TrainingRunner:
-    """Loads a training program and steps it with ExecuTorch's SGD, as a device would."""
+    """Loads a training program and steps it with ExecuTorch's SGD, as a device would.
+    `seed` seeds `generator`, which draws the views of a program with a view-averaging
+    teacher."""
 
     def __init__(
         self,
@@ -149,18 +157,28 @@ class TrainingRunner:
         lr: float,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        seed: int = 0,
     ) -> None:
-        self._init(read_program_bytes(path, "ExecuTorch"), str(path), lr, momentum, weight_decay)
+        data = read_program_bytes(path, "ExecuTorch")
+        self._init(data, str(path), lr, momentum, weight_decay, seed)
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, *, lr: float, momentum: float = 0.0, name: str = "<bytes>"
+        cls,
+        data: bytes,
+        *,
+        lr: float,
+        momentum: float = 0.0,
+        name: str = "<bytes>",
+        seed: int = 0,
     ) -> TrainingRunner:
         runner = cls.__new__(cls)
-        runner._init(data, name, lr, momentum, 0.0)
+        runner._init(data, name, lr, momentum, 0.0, seed)
         return runner
 
-    def _init(self, data: bytes, name: str, lr: float, momentum: float, wd: float) -> None:
+    def _init(
+        self, data: bytes, name: str, lr: float, momentum: float, wd: float, seed: int
+    ) -> None:
         from executorch.extension.training import _load_for_executorch_for_training_from_buffer
 
         if len(data) < 8 or data[4:6] != b"ET":
@@ -178,11 +196,30 @@ class TrainingRunner:
             ) from exc
         self.name, self.hyper = name, (lr, momentum, wd)
         self.optimizer = None  # made on the first step: parameters appear after one run
+        meta = self.module.model.method_meta("forward")
+        # (x, uniform, blur, noise): uniform is (views, N, 9); a plain step takes x alone.
+        self.view_count = int(meta.input_tensor_meta(1).sizes()[0]) if meta.num_inputs() > 1 else 0
+        self.generator = torch.Generator().manual_seed(seed)
 
-    def forward_backward(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
-        """(loss, logits, kept samples) and the gradients, without updating."""
+    def forward_backward(
+        self, x: Tensor, draws: tuple[Tensor, ...] | None = None
+    ) -> tuple[Tensor, Tensor, int]:
+        """(loss, logits, kept samples) and the gradients, without updating.
+
+        A program with a view-averaging teacher (EcoTTA `teacher_views`) also takes the views'
+        random numbers: `draws` (an `edgeadapt.methods._augment.ViewDraws`), else drawn here
+        from `self.generator`, as a device draws them from its own."""
+        inputs = (x.detach().contiguous(),)
+        if self.view_count:
+            if draws is None:
+                from edgeadapt.methods._augment import draw_views
+
+                draws = draw_views(x.shape, self.generator, self.view_count, x.dtype)
+            inputs += tuple(d.detach().contiguous() for d in draws)
+        elif draws:
+            raise ValueError(f"{self.name} takes only the batch; it has no views to draw for")
         try:
-            out = self.module.forward_backward("forward", (x.detach().contiguous(),))
+            out = self.module.forward_backward("forward", inputs)
         except Exception as exc:
             raise ProgramFileError(
                 f"{self.name} failed to run ({type(exc).__name__}: {exc}); was it exported for "
@@ -190,12 +227,13 @@ class TrainingRunner:
             ) from exc
         return out[0], out[1], int(out[2])
 
-    def step(self, x: Tensor) -> tuple[Tensor, float, int]:
+    def step(self, x: Tensor, draws: tuple[Tensor, ...] | None = None) -> tuple[Tensor, float, int]:
         """One adaptation step: (logits before the update, loss, kept). Like the eager
-        adapter, no update is applied when no sample was kept."""
+        adapter, no update is applied when no sample was kept. `draws`: as in
+        `forward_backward`."""
         from executorch.extension.training import get_sgd_optimizer
 
-        loss, logits, kept = self.forward_backward(x)
+        loss, logits, kept = self.forward_backward(x, draws)
         if not torch.isfinite(loss):
             raise VerificationError(f"the program's loss is {float(loss)}; the step was skipped")
         if self.optimizer is None:

@@ -23,11 +23,13 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from edgeadapt.export.graph import plain_copy, replace_batchnorms
 from edgeadapt.export.training_ops import int8_frozen_convs, lean_abs, make_lean_for_training
+from edgeadapt.losses import soft_cross_entropy
 
-__all__ = ["EcoTTAStep", "TentStep"]
+__all__ = ["EcoTTAStep", "EcoTTATeacherStep", "TentStep"]
 
 
 def _pad_by_concat(net: nn.Module) -> None:
@@ -87,6 +89,16 @@ class EcoTTAStep(nn.Module):
         self.reg_weight = float(adapter.config.reg_weight)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, reg = self._logits_and_reg(x)
+        ent = _entropy(logits)
+        keep = (ent < self.threshold).to(logits.dtype)
+        kept = keep.sum()
+        ent_loss = (ent * keep).sum() / torch.clamp(kept, min=1.0)
+        loss = ent_loss + self.reg_weight * reg
+        return loss, logits.detach(), kept.detach()
+
+    def _logits_and_reg(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The student's logits and the self-distilled term (mean L1 over the parts)."""
         pairs: list[list[Tensor]] = [[] for _ in self.parts]
         handles = []
         for part, slot in zip(self.parts, pairs):
@@ -97,15 +109,72 @@ class EcoTTAStep(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        ent = _entropy(logits)
-        keep = (ent < self.threshold).to(logits.dtype)
-        kept = keep.sum()
-        ent_loss = (ent * keep).sum() / torch.clamp(kept, min=1.0)
         reg = torch.zeros((), dtype=logits.dtype)
         for frozen, adapted in pairs:
             reg = reg + lean_abs(adapted - frozen.detach()).mean()
-        loss = ent_loss + self.reg_weight * reg / max(len(pairs), 1)
-        return loss, logits.detach(), kept.detach()
+        return logits, reg / max(len(pairs), 1)
+
+
+class EcoTTATeacherStep(EcoTTAStep):
+    """EcoTTA with its mean teacher (`teacher_momentum`, `teacher_views`):
+    (x[, uniform, blur, noise]) -> (loss, teacher's prediction, kept = N).
+
+    The teacher's weights are buffers the program updates itself. Eager moves them toward the
+    student after the optimiser step; the program cannot see that step, so it applies the same
+    update at the start of the next call, before the teacher predicts: the same sequence of
+    teachers. `teacher_pending` (0 in the exported file) skips it on the first call, because
+    the adapter already applied the update after its last step. The views' random numbers are
+    inputs (`edgeadapt.methods._augment.ViewDraws`): the device draws them, and a test can feed
+    the draws eager PyTorch made."""
+
+    def __init__(self, adapter, *, int8: bool = False) -> None:
+        super().__init__(adapter, int8=int8)
+        config = adapter.config
+        self.momentum = float(config.teacher_momentum)
+        self.views = int(config.teacher_views)
+        self.input_mean, self.input_std = config.input_mean, config.input_std
+        # Named as in the eager adapter (`teacher_weights`: a submodule called `meta`, `graph`
+        # or `code` breaks export).
+        self.teacher_weights = nn.Module()
+        self.teacher_names = {}
+        for name, value in adapter._teacher().items():
+            buffer = name.replace(".", "__")
+            self.teacher_weights.register_buffer(buffer, value.detach().clone())
+            self.teacher_names[name] = buffer
+        self.register_buffer("teacher_pending", torch.zeros(()))
+
+    mutable_buffers = ("teacher_weights", "teacher_pending")  # initial values go in the file
+
+    def example_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The inputs of one call for the batch `x`: the views' draws from a fixed seed."""
+        from edgeadapt.methods._augment import draw_views
+
+        if not self.views:
+            return (x,)
+        draws = draw_views(x.shape, torch.Generator().manual_seed(0), self.views, x.dtype)
+        return (x, *draws)
+
+    def forward(self, x: Tensor, *draws: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        from edgeadapt.methods._augment import ViewDraws, views_from_draws
+        from edgeadapt.methods.ecotta import more_confident, view_average
+
+        weight = (1 - self.momentum) * self.teacher_pending
+        teacher = {}
+        for name, buffer in self.teacher_names.items():
+            t = getattr(self.teacher_weights, buffer)
+            t.copy_(t + weight * (self.model.get_parameter(name).detach() - t))
+            teacher[name] = t
+        self.teacher_pending.fill_(1.0)
+        target = functional_call(self.model, teacher, (x,), strict=False)
+        if self.views:
+            views = views_from_draws(x, ViewDraws(*draws), self.input_mean, self.input_std)
+            averaged = view_average(self.model, teacher, views, self.views)
+            target = more_confident(averaged, target)
+        target = target.detach()
+        logits, reg = self._logits_and_reg(x)
+        loss = soft_cross_entropy(logits, target).mean() + self.reg_weight * reg
+        kept = torch.ones((), dtype=logits.dtype) * x.shape[0]
+        return loss, target, kept
 
 
 class TentStep(nn.Module):

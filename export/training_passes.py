@@ -13,12 +13,18 @@ weight alive at a time, not all of them.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["defer_constant_ops", "input_free_conv_backward"]
+__all__ = [
+    "defer_constant_ops",
+    "input_free_conv_backward",
+    "training_indices_without_buffer_mutations",
+]
 
 
 def input_free_conv_backward(exported: Any) -> int:
@@ -130,3 +136,38 @@ def defer_constant_ops(exported: Any) -> int:
     graph.lint()
     exported.graph_module.recompile()
     return moved
+
+
+@contextlib.contextmanager
+def training_indices_without_buffer_mutations() -> Iterator[None]:
+    """While emitting, count the output positions of a training program's gradients the way
+    the emitted program has them.
+
+    ExecuTorch 1.5.1's `_get_training_metadata` counts every output spec, but the emitter
+    drops the buffer-mutation outputs (the buffers are written in place). In a program that
+    mutates buffers (EcoTTA's teacher) the runtime then reads gradients from the wrong
+    outputs and finds no parameters. Programs without mutated buffers get the same indices
+    either way. Checked by tests/export/test_export_teacher.py (weights move as eager's)."""
+    from executorch.exir.emit import _emit_program
+    from torch.export.graph_signature import OutputKind
+
+    def metadata(methods: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, method in methods.items():
+            specs = [s for s in method.graph_signature.output_specs
+                     if s.kind != OutputKind.BUFFER_MUTATION]  # fmt: skip
+            grads = [i for i, s in enumerate(specs) if s.kind == OutputKind.GRADIENT_TO_PARAMETER]
+            tokens = [i for i, s in enumerate(specs) if s.kind == OutputKind.TOKEN]
+            if grads:
+                found[f"__et_training_gradients_index_{name}"] = grads[0]
+                found[f"__et_training_fqn_{name}"] = [specs[i].target for i in grads]
+            if tokens:
+                found[f"__et_training_parameters_index_{name}"] = tokens[0]
+        return found
+
+    original = _emit_program._get_training_metadata
+    _emit_program._get_training_metadata = metadata
+    try:
+        yield
+    finally:
+        _emit_program._get_training_metadata = original

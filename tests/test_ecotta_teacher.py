@@ -84,11 +84,3 @@ def test_views_cost_no_memory_kept_for_backward():
     views = measure_step_memory(_adapter(teacher_views=4), (8, 3, 16, 16))
     assert views.saved_for_backward == plain.saved_for_backward
     assert views.frozen == plain.frozen  # the teacher copy, there with or without views
-
-
-def test_training_program_export_refuses_the_teacher():
-    from edgeadapt.export.errors import UnsupportedExportError
-    from edgeadapt.export.training import training_step_module
-
-    with pytest.raises(UnsupportedExportError, match="teacher_momentum"):
-        training_step_module(_adapter())

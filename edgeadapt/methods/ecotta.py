@@ -154,10 +154,7 @@ class EcoTTAAdapter(Adapter):
         """The teacher's logits averaged over `count` augmented views of `x`, one forward per
         view (each normalised with its own batch statistics)."""
         views = augmented_views(x, self.generator, count, mean, std)
-        total = sum(
-            functional_call(self.model, teacher, (v,), strict=False) for v in views.chunk(count)
-        )
-        return total / count
+        return view_average(self.model, teacher, views, count)
 
     def predict(self, x: Tensor) -> Tensor:
         if self.config.teacher_momentum is None:
@@ -287,6 +284,13 @@ def _channel_moments(t: Tensor) -> Tensor:
 
 def _meta_parts(model: nn.Module) -> list[MetaPart]:
     return [m for m in model.modules() if isinstance(m, MetaPart)]
+
+
+def view_average(model: nn.Module, teacher: dict[str, Tensor], views: Tensor, count: int) -> Tensor:
+    """`model`'s logits with the `teacher` weights, averaged over `count` views stacked view
+    after view; one forward per view, so each is normalised with its own batch statistics."""
+    total = sum(functional_call(model, teacher, (v,), strict=False) for v in views.chunk(count))
+    return total / count
 
 
 def more_confident(a: Tensor, b: Tensor) -> Tensor:
