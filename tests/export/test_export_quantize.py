@@ -115,3 +115,17 @@ def test_int8_portable_program_computes_the_reference_and_dequantizes_late(tmp_p
         capture(quantize_int8(model, calibration[0], calibration), calibration[0]), "portable"
     )
     assert report.total_arena_bytes < sum(program_memory(early)[0])
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [("{teacher", "not JSON"), ("[1, 2]", "JSON object"), ('{"no_such": 1}', "bad settings")],
+)
+def test_command_rejects_bad_settings_before_exporting(tmp_path, settings, match):
+    from edgeadapt.errors import ConfigError
+
+    args = _parse(["--model", "tiny_resnet", "--method", "ecotta", "--settings", settings,
+                   "--input-size", "16", "--batch", "4", "--out", str(tmp_path)])  # fmt: skip
+    with pytest.raises(ConfigError, match=match):
+        args.func(args)
+    assert not list(tmp_path.iterdir())
