@@ -152,9 +152,9 @@ def programs(quick: bool, folder: Path, methods: tuple[str, ...] = METHODS) -> l
     rows = []
     for method in methods:
         adapter = _adapter(method, model, example, source)
-        teacher = method == "ecotta_teacher"  # its infer program is ecotta's; int8: not yet
+        teacher = method == "ecotta_teacher"  # its infer program is ecotta's
         for program in ("adapt",) if teacher else ("infer", "adapt"):
-            for quant in (None,) if teacher else (None, "int8"):
+            for quant in (None, "int8"):
                 name = f"{method}_{program}_{quant or 'fp32'}"
                 t = time.time()
                 try:

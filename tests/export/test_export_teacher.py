@@ -80,3 +80,10 @@ def test_plain_program_refuses_view_draws(tmp_path):
     runner = TrainingRunner(report.path, lr=LR)
     with pytest.raises(ValueError, match="no views"):
         runner.forward_backward(_stream()[0], (torch.zeros(1),))
+
+
+def test_teacher_program_with_int8_frozen_weights_verifies(tmp_path):
+    adapter = _teacher_adapter(2)
+    report = to_training_program(adapter, _stream()[0], tmp_path / "q.pte", quantize="int8")
+    assert report.quantized == "int8" and report.max_abs_error < 1e-4
+    verify_bundled_program(report.bundled_path, atol=report.bundled_atol)
