@@ -87,3 +87,21 @@ def test_teacher_program_with_int8_frozen_weights_verifies(tmp_path):
     report = to_training_program(adapter, _stream()[0], tmp_path / "q.pte", quantize="int8")
     assert report.quantized == "int8" and report.max_abs_error < 1e-4
     verify_bundled_program(report.bundled_path, atol=report.bundled_atol)
+
+
+def test_command_exports_the_teacher_option(tmp_path):
+    import argparse
+    import json
+
+    from edgeadapt.export.command import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    settings = json.dumps({"teacher_momentum": 0.999, "teacher_views": 2})
+    args = parser.parse_args(
+        ["export", "--model", "tiny_resnet", "--method", "ecotta", "--settings", settings,
+         "--program", "adapt", "--batch", "4", "--input-size", "16", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    runner = TrainingRunner(tmp_path / "tiny_resnet_ecotta_adapt.pte", lr=LR)
+    assert runner.view_count == 2
