@@ -31,7 +31,8 @@ PREFIX = "model."  # the step modules hold the network as `.model`, like the ada
 
 
 def training_step_module(adapter, *, quantize: str | None = None) -> nn.Module:
-    """The plain-op loss graph of an EcoTTA or Tent adapter (x -> loss, logits, kept);
+    """The plain-op loss graph of an EcoTTA or Tent adapter (x -> loss, logits, kept; EcoTTA
+    with its teacher option: `EcoTTATeacherStep`, which takes the views' draws too);
     `quantize="int8"` stores the frozen convolutions' weights int8 (`Int8WeightConv2d`)."""
     from edgeadapt.export.training_graph import EcoTTAStep, EcoTTATeacherStep, TentStep
 
