@@ -82,6 +82,7 @@ class EcoTTAAdapter(Adapter):
             # Buffers, so the teacher is saved, resumed and reset with the adapter. Named
             # `teacher_weights`: a submodule called `meta`, `graph` or `code` breaks export.
             self.teacher_weights = nn.Module()
+            self._teacher_names = [name for name, _ in _meta_parameters(model)]
             for name, p in _meta_parameters(model):
                 self.teacher_weights.register_buffer(_buffer_name(name), p.detach().clone())
         return model
@@ -127,8 +128,8 @@ class EcoTTAAdapter(Adapter):
         return kept.mean() + self.config.reg_weight * reg, logits
 
     def _teacher(self) -> dict[str, Tensor]:
-        return {name: getattr(self.teacher_weights, _buffer_name(name))
-                for name, _ in _meta_parameters(self.model)}  # fmt: skip
+        """The teacher's weights by the names of the meta weights they average."""
+        return {n: getattr(self.teacher_weights, _buffer_name(n)) for n in self._teacher_names}
 
     @torch.no_grad()
     def _teacher_target(self, x: Tensor) -> Tensor:
