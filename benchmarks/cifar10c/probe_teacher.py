@@ -24,9 +24,9 @@ the standard 15): 22.93% on the first 1000 images of each domain, 22.80% on the 
 With `{"views": 4, "pick": "confident"}` (views on every batch, per sample the more confident
 of the plain and the averaged prediction; what the library's EcoTTAConfig(teacher_momentum=0.999,
 teacher_views=4) does) the same protocol gave 19.27% over its first 7 rounds (round means
-19.00-19.44; the run was stopped after 29 of its 40 domains and could not resume:
-probe_teacher_confident_extras_partial.json). On the record stream's first 1000 images of
-each domain: 21.56%.
+19.00-19.44; the run was stopped after 29 of its 40 domains and could not resume). The
+library option's full 10 rounds on that protocol are in tune_long.* (tune.py's "teacher 0.999
+views=4": 19.20%). On the record stream's first 1000 images of each domain: 21.56%.
 
 Any `edgeadapt` command line works; this file only registers the `ecotta_teacher` method first.
 """

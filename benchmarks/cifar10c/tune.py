@@ -49,6 +49,8 @@ VARIANTS: dict[str, dict] = {
     "λ=2 restore=0.01": {"reg_weight": 2.0, "restore_prob": 0.01},
     "λ=2 weighted": {"reg_weight": 2.0, "entropy_weighting": True},
     "λ=2 restore=0.001": {"reg_weight": 2.0, "restore_prob": 0.001},
+    # The mean-teacher option (chosen with probe_teacher.py), on the λ 5 default it was tried on.
+    "teacher 0.999 views=4": {"reg_weight": 5.0, "teacher_momentum": 0.999, "teacher_views": 4},
 }
 WARMUP = {"warmup=2000": 2000}
 
