@@ -4,6 +4,7 @@ severity 5, batch 64 — continual (one round, all six methods) or long-term (10
     python benchmarks/cifar10c/make_release.py --out /tmp/c10c          # once
     python benchmarks/cifar10c/record.py continual --data /tmp/c10c --device cuda --workers 8
     python benchmarks/cifar10c/record.py long-term --data /tmp/c10c --device cuda --workers 8
+    python benchmarks/cifar10c/record.py continual --data /tmp/c10c --teacher   # + that row
 
 Each method runs as its own `edgeadapt bench` process (in parallel; the same command with
 one method each is what a single-process run would do). Writes record_<suite>.json/.md/.png
@@ -24,6 +25,10 @@ from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import plot_results, results_from_json
 
 HERE = Path(__file__).resolve().parent
+# EcoTTA's mean-teacher option (off by default), run as an extra row with --teacher; the
+# JSON's name is its label in the tables ("ecotta + teacher, 4 views").
+TEACHER_ROW = "ecotta_+_teacher,_4_views"
+TEACHER = {"teacher_momentum": 0.999, "teacher_views": 4}
 SUITES = {
     "continual": (["source", "norm", "tent", "eata", "cotta", "ecotta"], 1),
     "long-term": (["source", "norm", "tent", "eata", "ecotta"], 10),
@@ -46,6 +51,9 @@ def main() -> None:
         help='per-method settings, JSON; e.g. \'{"cotta": {"views_per_pass": 32}}\' on a GPU',
     )
     ap.add_argument("--out", default=None, help="folder for per-method JSON and logs")
+    ap.add_argument(
+        "--teacher", action="store_true", help="also run EcoTTA's teacher option (an extra row)"
+    )
     args = ap.parse_args()
     methods, rounds = SUITES[args.suite]
     if args.methods:
@@ -57,9 +65,15 @@ def main() -> None:
               "--device", args.device]  # fmt: skip
     if args.n_images:
         common += ["--n-images", str(args.n_images)]
-    if args.overrides:
-        common += ["--overrides", args.overrides]
-    jobs = {m: bench_command(m, out, [*common, "--methods", m]) for m in methods}
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    jobs = {}
+    for m in methods:
+        extra = ["--overrides", json.dumps(overrides)] if overrides else []
+        jobs[m] = bench_command(m, out, [*common, "--methods", m, *extra])
+    if args.teacher:
+        teacher = {**overrides, "ecotta": {**overrides.get("ecotta", {}), **TEACHER}}
+        extra = ["--methods", "ecotta", "--overrides", json.dumps(teacher)]
+        jobs[TEACHER_ROW] = bench_command(TEACHER_ROW, out, [*common, *extra])
     start = time.time()
     run_parallel(jobs, out, args.workers)
     # Every finished run of the suite in `out` (so a --methods rerun keeps the others), plus
