@@ -31,7 +31,7 @@ NOISE_STD = 0.005
 
 class ViewDraws(NamedTuple):
     """The random numbers of `count` views of an (N, C, H, W) batch, before scaling:
-    uniform (count, N, 9) in [0, 1), blur (count,) in [0, 1), noise (count, N, C, H, W)
+    uniform (count, N, 9) in [0, 1), blur (count, 1) in [0, 1), noise (count, N, C, H, W)
     standard normal."""
 
     uniform: Tensor
