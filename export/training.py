@@ -83,8 +83,8 @@ def to_training_program(
     profile = load_profile(device) if isinstance(device, str) else device
     step = training_step_module(adapter, quantize=quantize)
     example = example.detach()
-    inputs = step.example_inputs(example) if hasattr(step, "example_inputs") else (example,)
-    mutable = getattr(step, "mutable_buffers", ())
+    inputs = step.example_inputs(example)
+    mutable = step.mutable_buffers
     try:
         exported = _export_forward_backward(capture(step, inputs))
         input_free_conv_backward(exported)

@@ -28,6 +28,8 @@ from torch.func import functional_call
 from edgeadapt.export.graph import plain_copy, replace_batchnorms
 from edgeadapt.export.training_ops import int8_frozen_convs, lean_abs, make_lean_for_training
 from edgeadapt.losses import soft_cross_entropy
+from edgeadapt.methods._augment import ViewDraws, draw_views, views_from_draws
+from edgeadapt.methods.ecotta import _buffer_name, more_confident, view_average
 
 __all__ = ["EcoTTAStep", "EcoTTATeacherStep", "TentStep"]
 
@@ -65,7 +67,18 @@ def _entropy(logits: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
-class EcoTTAStep(nn.Module):
+class _Step(nn.Module):
+    """What `to_training_program` asks of every step module; the plain steps take the batch
+    alone and mutate no buffers."""
+
+    mutable_buffers: tuple[str, ...] = ()  # buffers the program writes: their values are saved
+
+    def example_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The inputs of one call for the batch `x`."""
+        return (x,)
+
+
+class EcoTTAStep(_Step):
     """x -> (loss, logits, kept): entropy over confident samples + λ · mean part L1."""
 
     def __init__(self, adapter, *, int8: bool = False) -> None:
@@ -138,7 +151,7 @@ class EcoTTATeacherStep(EcoTTAStep):
         self.teacher_weights = nn.Module()
         self.teacher_names = {}
         for name, value in adapter._teacher().items():
-            buffer = name.replace(".", "__")
+            buffer = _buffer_name(name)
             self.teacher_weights.register_buffer(buffer, value.detach().clone())
             self.teacher_names[name] = buffer
         self.register_buffer("teacher_pending", torch.zeros(()))
@@ -147,17 +160,12 @@ class EcoTTATeacherStep(EcoTTAStep):
 
     def example_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
         """The inputs of one call for the batch `x`: the views' draws from a fixed seed."""
-        from edgeadapt.methods._augment import draw_views
-
         if not self.views:
             return (x,)
         draws = draw_views(x.shape, torch.Generator().manual_seed(0), self.views, x.dtype)
         return (x, *draws)
 
     def forward(self, x: Tensor, *draws: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        from edgeadapt.methods._augment import ViewDraws, views_from_draws
-        from edgeadapt.methods.ecotta import more_confident, view_average
-
         weight = (1 - self.momentum) * self.teacher_pending
         teacher = {}
         for name, buffer in self.teacher_names.items():
@@ -177,7 +185,7 @@ class EcoTTATeacherStep(EcoTTAStep):
         return loss, target, kept
 
 
-class TentStep(nn.Module):
+class TentStep(_Step):
     """x -> (loss, logits, kept): mean entropy; every BN on batch statistics, affine trains."""
 
     def __init__(self, adapter, *, int8: bool = False) -> None:

@@ -145,15 +145,13 @@ def views_from_draws(
         pick = [sigmas[i, 0] for i in range(count)]
     else:  # eager: the float σ `augment` uses, so both paths give identical views
         pick = [float(sigmas[i, 0]) for i in range(count)]
-    if mean is None:
-        return torch.cat([apply_augmentation(x, draws.uniform[i], pick[i], draws.noise[i])
-                          for i in range(count)])  # fmt: skip
-    mean, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-                 for v in (mean, std))  # fmt: skip
-    pixels = x * std + mean
+    if mean is not None:
+        mean, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                     for v in (mean, std))  # fmt: skip
+    pixels = x if mean is None else x * std + mean
     views = torch.cat([apply_augmentation(pixels, draws.uniform[i], pick[i], draws.noise[i])
                        for i in range(count)])  # fmt: skip
-    return (views - mean) / std
+    return views if mean is None else (views - mean) / std
 
 
 def augmented_views(

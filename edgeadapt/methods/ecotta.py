@@ -82,8 +82,9 @@ class EcoTTAAdapter(Adapter):
             # Buffers, so the teacher is saved, resumed and reset with the adapter. Named
             # `teacher_weights`: a submodule called `meta`, `graph` or `code` breaks export.
             self.teacher_weights = nn.Module()
-            self._teacher_names = [name for name, _ in _meta_parameters(model)]
-            for name, p in _meta_parameters(model):
+            meta = _meta_parameters(model)
+            self._teacher_names = [name for name, _ in meta]
+            for name, p in meta:
                 self.teacher_weights.register_buffer(_buffer_name(name), p.detach().clone())
         return model
 
