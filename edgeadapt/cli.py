@@ -84,6 +84,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edgeadapt.bench.cifar import run_cifar10c
     from edgeadapt.bench.report import markdown_table
+    from edgeadapt.config import settings_from_json
     from edgeadapt.data import CORRUPTIONS, EXTRA_CORRUPTIONS
     from edgeadapt.models import create_model
 
@@ -93,9 +94,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     corruptions = named.get(args.corruptions) or [
         c.strip() for c in args.corruptions.split(",") if c.strip()
     ]
+    overrides = settings_from_json(args.overrides, "--overrides")  # before the slow part
     model = create_model(args.model, checkpoint=args.checkpoint)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    overrides = json.loads(args.overrides) if args.overrides else None
     results = run_cifar10c(
         model, methods, corruptions=corruptions, protocol=args.protocol, rounds=args.rounds,
         severity=args.severity, batch_size=args.batch, release_dir=args.data, clean_source=args.source,

@@ -7,6 +7,7 @@ Every config is plain data so it round-trips through JSON next to the adapter we
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,7 @@ __all__ = [
     "SourceConfig",
     "TentConfig",
     "config_from_dict",
+    "settings_from_json",
     "to_dict",
 ]
 
@@ -252,6 +254,20 @@ def config_from_dict(data: dict[str, Any]) -> AdaptConfig:
     if data.get("parts") is not None:
         data["parts"] = tuple(p if isinstance(p, str) else tuple(p) for p in data["parts"])
     return cls(**data)
+
+
+def settings_from_json(text: str | None, option: str) -> dict[str, Any]:
+    """The JSON object a command-line `option` (e.g. "--settings") was given; {} for none.
+    ConfigError naming the problem for text that is not JSON or not an object."""
+    if not text:
+        return {}
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option} is not JSON ({exc}); e.g. '{{\"lr\": 0.001}}'") from exc
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{option} must be a JSON object of settings, got {text!r}")
+    return fields
 
 
 def _check(ok: bool, message: str) -> None:

@@ -93,29 +93,13 @@ def _calibration(args: argparse.Namespace, shape: tuple[int, ...]):
     return [x[i : i + shape[0]] for i in range(0, len(x) - shape[0] + 1, shape[0])][:8]
 
 
-def _settings(text: str | None) -> dict:
-    """The --settings JSON object; ConfigError naming the problem otherwise."""
-    import json
-
-    from edgeadapt.errors import ConfigError
-
-    if not text:
-        return {}
-    try:
-        fields = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--settings is not JSON ({exc}); e.g. '{{\"lr\": 0.001}}'") from exc
-    if not isinstance(fields, dict):
-        raise ConfigError(f"--settings must be a JSON object of settings, got {text!r}")
-    return fields
-
-
 def run(args: argparse.Namespace) -> int:
     """Build the model (and adapter), export, verify, check the fit; 0, or 3 when it does
     not fit the device (the program, its bundle and the JSON report are written anyway)."""
     import torch
 
     from edgeadapt.api import config_for, load_adapter, wrap
+    from edgeadapt.config import settings_from_json
     from edgeadapt.export.api import ExportRequest, export_program
     from edgeadapt.export.devices import load_profile
     from edgeadapt.export.fit import check_fit
@@ -140,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
-    fields = _settings(args.settings)
+    fields = settings_from_json(args.settings, "--settings")
     if args.frozen_bn:
         fields["frozen_bn"] = args.frozen_bn
     if args.adapter:

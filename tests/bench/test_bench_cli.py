@@ -48,3 +48,10 @@ def test_bench_on_shared_data(tmp_path, capsys):
 def test_bench_rejects_unknown_dataset(capsys):
     assert main(["bench", "--dataset", "imagenet-c"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_bench_rejects_overrides_that_are_not_a_json_object(capsys):
+    assert main(["bench", "--model", "tiny_resnet", "--overrides", "{ecotta"]) == 2
+    assert "--overrides is not JSON" in capsys.readouterr().err
+    assert main(["bench", "--model", "tiny_resnet", "--overrides", "[1]"]) == 2
+    assert "--overrides must be a JSON object" in capsys.readouterr().err
