@@ -19,6 +19,9 @@ from pathlib import Path
 
 from edgeadapt.bench.report import markdown_table, rounds_table
 
+# EcoTTA's mean-teacher option as the record and the tuning sweep run it (off by default).
+TEACHER = {"teacher_momentum": 0.999, "teacher_views": 4}
+
 
 def bench_command(name: str, out_dir: Path, args: Sequence[str]) -> list[str]:
     """One `edgeadapt bench` run; it saves its progress after every domain in out_dir/state/<name>,

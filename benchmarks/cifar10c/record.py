@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import bench_command, merge, run_parallel, tables
+from _jobs import TEACHER, bench_command, merge, run_parallel, tables
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import plot_results, results_from_json
@@ -28,7 +28,6 @@ HERE = Path(__file__).resolve().parent
 # EcoTTA's mean-teacher option (off by default), run as an extra row with --teacher; the
 # JSON's name is its label in the tables ("ecotta + teacher, 4 views").
 TEACHER_ROW = "ecotta_+_teacher,_4_views"
-TEACHER = {"teacher_momentum": 0.999, "teacher_views": 4}
 SUITES = {
     "continual": (["source", "norm", "tent", "eata", "cotta", "ecotta"], 1),
     "long-term": (["source", "norm", "tent", "eata", "ecotta"], 10),
@@ -66,10 +65,8 @@ def main() -> None:
     if args.n_images:
         common += ["--n-images", str(args.n_images)]
     overrides = json.loads(args.overrides) if args.overrides else {}
-    jobs = {}
-    for m in methods:
-        extra = ["--overrides", json.dumps(overrides)] if overrides else []
-        jobs[m] = bench_command(m, out, [*common, "--methods", m, *extra])
+    given = ["--overrides", json.dumps(overrides)] if overrides else []
+    jobs = {m: bench_command(m, out, [*common, "--methods", m, *given]) for m in methods}
     if args.teacher:
         teacher = {**overrides, "ecotta": {**overrides.get("ecotta", {}), **TEACHER}}
         extra = ["--methods", "ecotta", "--overrides", json.dumps(teacher)]

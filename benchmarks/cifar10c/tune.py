@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import bench_command, merge, run_parallel, tables
+from _jobs import TEACHER, bench_command, merge, run_parallel, tables
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import plot_results, results_from_json
@@ -50,7 +50,7 @@ VARIANTS: dict[str, dict] = {
     "λ=2 weighted": {"reg_weight": 2.0, "entropy_weighting": True},
     "λ=2 restore=0.001": {"reg_weight": 2.0, "restore_prob": 0.001},
     # The mean-teacher option (chosen with probe_teacher.py), on the λ 5 default it was tried on.
-    "teacher 0.999 views=4": {"reg_weight": 5.0, "teacher_momentum": 0.999, "teacher_views": 4},
+    "teacher 0.999 views=4": {"reg_weight": 5.0, **TEACHER},
 }
 WARMUP = {"warmup=2000": 2000}
 
