@@ -31,13 +31,21 @@ def _domains(result: MethodResult) -> list[str]:
 
 
 def markdown_table(results: Sequence[MethodResult]) -> str:
-    """Per-domain error (%) of the first round, mean over all rounds, memory and speed."""
+    """Per-domain error (%) of the first round, mean over all rounds, memory and speed. With
+    several rounds a caption says so: per-domain cells of round 1 beside a mean over every
+    round (a collapse) would otherwise read as an arithmetic error."""
     if not results:
         return ""
     domains = _domains(results[0])
-    multi = len(results[0].rounds()) > 1
-    head = ["method", *domains, "mean", *(["last round"] if multi else []), "adapt MiB", "img/s"]
+    rounds = len(results[0].rounds())
+    multi = rounds > 1
+    mean = f"mean, {rounds} rounds" if multi else "mean"
+    head = ["method", *domains, mean, *(["last round"] if multi else []), "adapt MiB", "img/s"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    if multi:
+        caption = (f"Per-domain error (%) of round 1; mean error over all {rounds} rounds; "
+                   "the last round's mean.")  # fmt: skip
+        lines = [caption, "", *lines]
     for r in results:
         first = [f"{s.error:.1f}" for s in r.rounds()[0]]
         last = [f"{np.mean([s.error for s in r.rounds()[-1]]):.1f}"] if multi else []

@@ -62,6 +62,7 @@ def test_runner_counts_errors_and_memory(tiny_stream):
 
     table = markdown_table(results)
     assert "| ecotta |" in table and "gauss" in table and "contr" in table
+    assert table.startswith("| method |")  # one round: no caption needed
 
 
 def test_plot_is_written(tiny_stream, tmp_path):
@@ -72,7 +73,9 @@ def test_plot_is_written(tiny_stream, tmp_path):
         to_batch=lambda a: to_tensor(a, normalize=True), progress=False, log=lambda _: None,
     )  # fmt: skip
     assert len(results[0].rounds()) == 2
-    assert "last round" in markdown_table(results)
+    table = markdown_table(results)
+    assert "last round" in table and "mean, 2 rounds" in table
+    assert table.startswith("Per-domain error (%) of round 1")  # not a mean over the rounds
     rows = rounds_table(results).splitlines()
     assert "round 2" in rows[0] and len(rows) == 2 + len(results)
     assert rows[2].startswith("| source |") and rows[2].endswith("| +0.00 |")  # no adaptation
