@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeadapt.errors import EdgeAdaptError
+from edgeadapt.errors import ConfigError, EdgeAdaptError
 
 __all__ = ["main"]
 
@@ -95,6 +95,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         c.strip() for c in args.corruptions.split(",") if c.strip()
     ]
     overrides = settings_from_json(args.overrides, "--overrides")  # before the slow part
+    if args.checkpoint is None:
+        # An untrained network errs at chance (about 90% on CIFAR-10) whatever the method:
+        # a table of it looks like results and means nothing.
+        raise ConfigError(
+            f"bench needs the trained weights of --model {args.model}: pass --checkpoint PATH "
+            "(e.g. ../shared/models/resnet20_cifar10jpeg.pt for resnet20)"
+        )
     model = create_model(args.model, checkpoint=args.checkpoint)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = run_cifar10c(
@@ -167,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="continual test-time adaptation benchmark (CIFAR-10-C)")
     p.add_argument("--dataset", default="cifar10-c")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--checkpoint", default=None, help="the model's trained weights (required)")
     p.add_argument("--methods", default=ALL_METHODS)
     p.add_argument(
         "--protocol", default="continual", choices=("continual", "reset", "long-term", "gradual")

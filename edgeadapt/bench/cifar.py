@@ -56,6 +56,21 @@ def _warmup_batches(images: np.ndarray, labels: np.ndarray, steps: int, batch: i
         yield torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x), torch.from_numpy(labels[idx])
 
 
+def _check_sizes(*, batch_size: int, n_images: int | None, warmup_steps: int,
+                 fisher_images: int) -> None:  # fmt: skip
+    """Before any data loads: a count of 0 or less would otherwise mean something else
+    (n_images 0 the whole stream, -5 all but the last 5) or fail deep inside the first step."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if n_images is not None and n_images < 1:
+        raise ConfigError(f"n_images must be >= 1 (or None for every image), got {n_images}")
+    if warmup_steps < 0 or fisher_images < 0:
+        raise ConfigError(
+            f"warmup_steps and fisher_images must be >= 0 (0 skips them), got "
+            f"{warmup_steps} and {fisher_images}"
+        )
+
+
 def run_cifar10c(
     model: torch.nn.Module,
     methods: Sequence[str],
@@ -83,6 +98,8 @@ def run_cifar10c(
     `state_dir`: save progress there and resume from it (`run_benchmark`)."""
     from edgeadapt.data import stream_order, to_tensor
 
+    _check_sizes(batch_size=batch_size, n_images=n_images, warmup_steps=warmup_steps,
+                 fisher_images=fisher_images)  # fmt: skip
     clean_source = clean_source or default_clean_source()
     source: DomainSource
     if release_dir is not None:

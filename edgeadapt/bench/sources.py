@@ -26,6 +26,12 @@ class ReleaseSource:
         from edgeadapt.data import available_corruptions
 
         self.root = Path(root)
+        if not self.root.is_dir():
+            raise ConfigError(
+                f"{self.root} is not a folder of CIFAR-10-C files (<corruption>.npy, labels.npy); "
+                "write one with benchmarks/cifar10c/make_release.py, or generate the domains "
+                "from a clean split instead (clean_source / --source)"
+            )
         self.corruptions = available_corruptions(self.root)
 
     def get(self, corruption: str, severity: int) -> tuple[np.ndarray, np.ndarray]:

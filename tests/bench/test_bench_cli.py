@@ -55,3 +55,23 @@ def test_bench_rejects_overrides_that_are_not_a_json_object(capsys):
     assert "--overrides is not JSON" in capsys.readouterr().err
     assert main(["bench", "--model", "tiny_resnet", "--overrides", "[1]"]) == 2
     assert "--overrides must be a JSON object" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_untrained_model(capsys):
+    # Without weights every method errs at chance: a table of that would look like results.
+    assert main(["bench", "--model", "tiny_resnet", "--quiet"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_bench_checks_counts_and_data_folder_before_loading(tmp_path, capsys):
+    from edgeadapt.bench.cifar import run_cifar10c
+    from edgeadapt.errors import ConfigError
+    from edgeadapt.models import create_model
+
+    model = create_model("tiny_resnet")
+    for bad, said in [({"batch_size": 0}, "batch size"), ({"n_images": 0}, "n_images"),
+                      ({"n_images": -5}, "n_images"), ({"warmup_steps": -1}, "warmup_steps")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=said):
+            run_cifar10c(model, ["source"], corruptions=["fog"], release_dir=tmp_path, **bad)
+    with pytest.raises(ConfigError, match="not a folder of CIFAR-10-C files"):
+        run_cifar10c(model, ["source"], corruptions=["fog"], release_dir=tmp_path / "nope")
