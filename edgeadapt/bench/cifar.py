@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edgeadapt.bench.protocols import make_protocol
-from edgeadapt.bench.runner import MethodResult, run_benchmark
+from edgeadapt.bench.runner import MethodResult, check_device, run_benchmark
 from edgeadapt.bench.sources import DomainSource, GeneratedSource, ReleaseSource
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
@@ -100,6 +100,7 @@ def run_cifar10c(
 
     _check_sizes(batch_size=batch_size, n_images=n_images, warmup_steps=warmup_steps,
                  fisher_images=fisher_images)  # fmt: skip
+    check_device(device)
     clean_source = clean_source or default_clean_source()
     source: DomainSource
     if release_dir is not None:

@@ -16,6 +16,7 @@ from torch import nn
 from edgeadapt.bench.progress_file import StreamProgress
 from edgeadapt.bench.protocols import Segment
 from edgeadapt.bench.sources import DomainSource
+from edgeadapt.errors import ConfigError
 
 __all__ = ["MethodResult", "SegmentResult", "run_benchmark", "run_stream"]
 
@@ -123,6 +124,26 @@ def run_stream(
     return results
 
 
+def check_device(device: str) -> torch.device:
+    """`device` as torch names it, or ConfigError when this machine cannot run it: a CPU
+    build of torch asked for "cuda" would otherwise fail with a bare AssertionError after
+    the data has loaded."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device name ({exc}); use e.g. "
+                          "'cpu' or 'cuda'") from exc  # fmt: skip
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r}: this torch has no CUDA device (torch.cuda.is_available() is "
+            "False); use 'cpu', or install a CUDA build of torch on a machine with a GPU"
+        )
+    count = torch.cuda.device_count() if parsed.type == "cuda" else 0
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= count:
+        raise ConfigError(f"device {device!r}: there are {count} CUDA devices")
+    return parsed
+
+
 def run_benchmark(
     model: nn.Module,
     methods: Sequence[str],
@@ -150,6 +171,7 @@ def run_benchmark(
     from edgeadapt.api import config_for, wrap
     from edgeadapt.memory import measure_step_memory
 
+    check_device(device)
     first, _ = source.get(segments[0].corruption, segments[0].severity)
     example = to_batch(first[order[:2]])
     results = []

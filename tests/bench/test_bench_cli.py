@@ -75,3 +75,20 @@ def test_bench_checks_counts_and_data_folder_before_loading(tmp_path, capsys):
             run_cifar10c(model, ["source"], corruptions=["fog"], release_dir=tmp_path, **bad)
     with pytest.raises(ConfigError, match="not a folder of CIFAR-10-C files"):
         run_cifar10c(model, ["source"], corruptions=["fog"], release_dir=tmp_path / "nope")
+
+
+def test_bench_refuses_a_device_this_machine_lacks(tmp_path):
+    import torch
+
+    from edgeadapt.bench.runner import check_device
+    from edgeadapt.errors import ConfigError
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="not a torch device name"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            check_device("cuda")
+    else:
+        with pytest.raises(ConfigError, match="CUDA devices"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
