@@ -56,6 +56,18 @@ def _warmup_batches(images: np.ndarray, labels: np.ndarray, steps: int, batch: i
         yield torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x), torch.from_numpy(labels[idx])
 
 
+def with_input_statistics(
+    overrides: dict[str, dict[str, Any]] | None,
+) -> dict[str, dict[str, Any]]:
+    """`overrides` plus the normalisation of `to_tensor(..., normalize=True)` for the methods
+    that augment (CoTTA, EcoTTA's teacher views): their views are taken on pixels in [0, 1],
+    and without these they would clamp normalised input to black and white."""
+    ov = {m: dict(v) for m, v in (overrides or {}).items()}
+    for augmenting in ("cotta", "ecotta"):
+        ov.setdefault(augmenting, {}).update(input_mean=CIFAR_MEAN, input_std=CIFAR_STD)
+    return ov
+
+
 def _check_sizes(*, batch_size: int, n_images: int | None, warmup_steps: int,
                  fisher_images: int) -> None:  # fmt: skip
     """Before any data loads: a count of 0 or less would otherwise mean something else
@@ -142,12 +154,10 @@ def run_cifar10c(
                 to_tensor(train[0][np.sort(c)], normalize=True) for c in _chunks(idx, batch_size)
             )
 
-    ov = {m: dict(v) for m, v in (overrides or {}).items()}
-    for augmenting in ("cotta", "ecotta"):  # their augmented views un-normalise first
-        ov.setdefault(augmenting, {}).update(input_mean=CIFAR_MEAN, input_std=CIFAR_STD)
     return run_benchmark(
         model, methods, segments, source, order=order, batch_size=batch_size,
-        to_batch=lambda a: to_tensor(a, normalize=True), overrides=ov, warmup=prepare,
+        to_batch=lambda a: to_tensor(a, normalize=True), overrides=with_input_statistics(overrides),
+        warmup=prepare,
         device=device, progress=progress, log=log, state_dir=state_dir, stream_id=stream_id,
     )  # fmt: skip
 

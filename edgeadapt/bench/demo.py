@@ -94,6 +94,7 @@ def run_demo(
     log=print,
 ) -> tuple[list[Any], str]:
     """Train, then run the continual protocol for each method; returns (results, table)."""
+    from edgeadapt.bench.cifar import with_input_statistics
     from edgeadapt.bench.protocols import make_protocol
     from edgeadapt.bench.report import markdown_table
     from edgeadapt.bench.runner import run_benchmark
@@ -125,6 +126,6 @@ def run_demo(
         model, methods, segments, GeneratedSource(test_x, test_y, seed=seed),
         order=np.random.default_rng(seed).permutation(len(test_y)), batch_size=batch_size,
         to_batch=lambda a: to_tensor(a, normalize=True), warmup=prepare, progress=progress, log=log,
-        overrides=overrides,
+        overrides=with_input_statistics(overrides),  # the digits are normalised as CIFAR is
     )  # fmt: skip
     return results, markdown_table(results)
