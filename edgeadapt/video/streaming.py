@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -85,12 +85,22 @@ def _is_adapter(obj: object) -> bool:
     return isinstance(obj, Adapter)
 
 
-def _make_adapter(base: nn.Module, adapt: object, example: torch.Tensor):
+def _make_adapter(
+    base: nn.Module,
+    adapt: object,
+    example: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+):
     from edgeadapt.api import config_for, wrap
 
     if _is_adapter(adapt):
         return adapt
     config = adapt if isinstance(adapt, AdaptConfig) else config_for(str(adapt))
+    if getattr(config, "input_mean", False) is None:
+        # Augmenting methods (CoTTA, EcoTTA's teacher views) take their views on pixels in
+        # [0, 1]: they must undo the normalisation this stream applies, or they would clamp it.
+        config = replace(config, input_mean=tuple(mean), input_std=tuple(std))
     try:
         return wrap(base, config, example_input=example)
     except PartitionError as exc:
@@ -148,7 +158,7 @@ def stream(
             _load_delta_state(base, delta_state)
     elif delta_state is not None:
         raise ConfigError("delta_state needs delta=True and a model without quantisers")
-    adapter = _make_adapter(base, adapt, example) if adapt is not None else None
+    adapter = _make_adapter(base, adapt, example, mean, std) if adapt is not None else None
     work = adapter.model if adapter is not None else base
     if delta and not delta_activations(work):
         raise ConfigError("delta=True needs the adapter's model to be deltaified")

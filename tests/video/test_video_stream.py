@@ -79,6 +79,27 @@ def test_adaptation_on_the_stream_leaves_the_model_alone(tiny_net, clip):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
+def test_augmenting_adapters_undo_the_streams_normalisation(tiny_net, clip, monkeypatch):
+    # CoTTA's views are taken on pixels in [0, 1]; the stream feeds normalised frames, so the
+    # adapter must know the stream's mean and std, or its views are clamped to black and white.
+    import edgeadapt.methods.cotta as cotta
+    from edgeadapt.config import CoTTAConfig
+
+    ranges, real = [], cotta.augmented_views
+
+    def spy(x, gen, count, mean=None, std=None):
+        m, s = (torch.as_tensor(v).view(1, -1, 1, 1) if v is not None else v for v in (mean, std))
+        pixels = x if m is None else x * s + m
+        ranges.append((float(pixels.min()), float(pixels.max())))
+        return real(x, gen, count, mean, std)
+
+    monkeypatch.setattr(cotta, "augmented_views", spy)
+    config = CoTTAConfig(augmentations=2, confidence_threshold=1.0)  # no input_mean/std given
+    results = list(stream(clip, tiny_net, delta=False, adapt=config, batch_size=4))
+    assert sum(r.adapted for r in results) == 3
+    assert ranges and all(lo >= -1e-4 and hi <= 1 + 1e-4 for lo, hi in ranges), ranges
+
+
 def test_trained_delta_weights_load_into_the_stream(tiny_net, clip, tmp_path):
     example = to_model_input(clip[:4])
     trained = deltaify(tiny_net, example)
