@@ -127,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
     fields = settings_from_json(args.settings, "--settings")
     if args.frozen_bn:
         fields["frozen_bn"] = args.frozen_bn
+    if fields.get("teacher_views") and "input_mean" not in fields:
+        # The views are taken on pixels in [0, 1]: the program un-normalises its input first,
+        # with the normalisation this command calibrates with (the models' own, ImageNet's).
+        from edgeadapt.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+        fields.update(input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
+        print("teacher views: input taken as normalised with ImageNet's mean/std (give "
+              "input_mean/input_std in --settings for another normalisation)")  # fmt: skip
     if args.adapter:
         model = load_adapter(model, args.adapter, example_input=example[:2])
     elif args.method != "source":

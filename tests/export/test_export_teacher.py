@@ -89,7 +89,7 @@ def test_teacher_program_with_int8_frozen_weights_verifies(tmp_path):
     verify_bundled_program(report.bundled_path, atol=report.bundled_atol)
 
 
-def test_command_exports_the_teacher_option(tmp_path):
+def test_command_exports_the_teacher_option(tmp_path, capsys):
     import argparse
     import json
 
@@ -105,3 +105,5 @@ def test_command_exports_the_teacher_option(tmp_path):
     assert args.func(args) == 0
     runner = TrainingRunner(tmp_path / "tiny_resnet_ecotta_adapt.pte", lr=LR)
     assert runner.view_count == 2
+    # Its views un-normalise the input with ImageNet's statistics, as the command calibrates.
+    assert "normalised with ImageNet's mean/std" in capsys.readouterr().out
