@@ -2,7 +2,7 @@
 fp32 and int8 frozen backbone, at batch 1, against every device profile; and what int8
 costs in accuracy on the benchmark data.
 
-    OMP_NUM_THREADS=1 python benchmarks/export/run.py            # ~25 min on one core
+    OMP_NUM_THREADS=1 python benchmarks/export/run.py            # ~9 min on one core
     OMP_NUM_THREADS=1 python benchmarks/export/run.py --quick    # tiny model, smoke test
     OMP_NUM_THREADS=1 python benchmarks/export/run.py --methods ecotta_teacher  # these rows only
 
