@@ -83,7 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edgeadapt.bench.cifar import run_cifar10c
-    from edgeadapt.bench.report import markdown_table
+    from edgeadapt.bench.report import markdown_report
     from edgeadapt.config import settings_from_json
     from edgeadapt.data import CORRUPTIONS, EXTRA_CORRUPTIONS
     from edgeadapt.models import create_model
@@ -110,7 +110,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         n_images=args.n_images, warmup_steps=args.warmup_steps, overrides=overrides, seed=args.seed,
         device=args.device, progress=not args.quiet, state_dir=args.state_dir,
     )  # fmt: skip
-    table = markdown_table(results)
+    table = markdown_report(results)  # with several rounds, the per-round means too
     print(table)
     title = (
         f"{args.model}, CIFAR-10-C severity {args.severity}, {args.protocol}, batch {args.batch}"

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from edgeadapt.bench.report import markdown_table, rounds_table
-
 # EcoTTA's mean-teacher option as the record and the tuning sweep run it (off by default).
 TEACHER = {"teacher_momentum": 0.999, "teacher_views": 4}
 
@@ -70,11 +68,3 @@ def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = N
         for r in run["results"]:
             results.append({**r, "device": device, "method": (labels or {}).get(name, r["method"])})
     return {"results": results, "missing": missing}
-
-
-def tables(results: Sequence) -> str:
-    """The Markdown table of `results`, plus the per-round table when there are rounds."""
-    table = markdown_table(results)
-    if len(results[0].rounds()) > 1:
-        table += "\n\nMean error (%) per round:\n\n" + rounds_table(results)
-    return table

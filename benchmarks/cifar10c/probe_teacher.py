@@ -86,9 +86,9 @@ BASELINES = ("norm", "eata", "ecotta λ=5")
 
 
 def merge_runs(folder: Path) -> None:
-    from _jobs import merge, tables
+    from _jobs import merge
 
-    from edgeadapt.bench.report import plot_results, results_from_json
+    from edgeadapt.bench.report import markdown_report, plot_results, results_from_json
 
     here = Path(__file__).resolve().parent
     tuned = json.loads((here / "tune_long.json").read_text())
@@ -99,7 +99,7 @@ def merge_runs(folder: Path) -> None:
     results = results_from_json(payload)
     title = "EcoTTA + mean teacher, extra corruptions, 10 rounds of 2000 images, batch 64, cpu"
     (here / "probe_teacher.md").write_text(
-        f"{title}. Made by probe_teacher.py.\n\n{tables(results)}\n"
+        f"{title}. Made by probe_teacher.py.\n\n{markdown_report(results)}\n"
     )
     plot_results(results, here / "probe_teacher.png", title)
 

@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import TEACHER, bench_command, merge, run_parallel, tables
+from _jobs import TEACHER, bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
-from edgeadapt.bench.report import plot_results, results_from_json
+from edgeadapt.bench.report import markdown_report, plot_results, results_from_json
 
 HERE = Path(__file__).resolve().parent
 # EcoTTA's mean-teacher option (off by default), run as an extra row with --teacher; the
@@ -86,7 +86,7 @@ def main() -> None:
     title = f"ResNet-20, CIFAR-10-C (JPEG) severity 5, {args.suite}, {rounds} round(s), batch 64"
     if args.n_images:
         title += f", first {args.n_images} images of each domain"
-    table = tables(results)
+    table = markdown_report(results)
     # Rows can come from different machines (a GPU session, then a CPU rerun): say which.
     ran_on = ", ".join(f"{r['method']}: {r['device']}" for r in payload["results"])
     stem.with_suffix(".md").write_text(

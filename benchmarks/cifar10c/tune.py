@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import TEACHER, bench_command, merge, run_parallel, tables
+from _jobs import TEACHER, bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
-from edgeadapt.bench.report import plot_results, results_from_json
+from edgeadapt.bench.report import markdown_report, plot_results, results_from_json
 
 HERE = Path(__file__).resolve().parent
 BASELINES = ["source", "norm", "tent", "eata"]
@@ -100,7 +100,7 @@ def main() -> None:
     subset = f", first {args.n_images} images of each domain" if args.n_images else ""
     title = (f"Tuning on the extra corruptions only, severity 5, continual, batch 64, "
              f"{args.rounds} rounds{subset}, {args.device}")  # fmt: skip
-    table = tables(results)
+    table = markdown_report(results)
     (HERE / f"{args.name}.md").write_text(
         f"{title}. Made by `python benchmarks/cifar10c/tune.py` (see its docstring).\n\n"
         f"{table}\n\nmissing: {payload['missing']}\n"

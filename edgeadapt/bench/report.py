@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeadapt.bench.runner import MethodResult, SegmentResult
 
-__all__ = ["markdown_table", "plot_results", "results_from_json", "rounds_table"]
+__all__ = ["markdown_report", "markdown_table", "plot_results", "results_from_json", "rounds_table"]
 
 _SHORT = {
     "gaussian_noise": "gauss", "shot_noise": "shot", "impulse_noise": "impul", "defocus_blur": "defoc",
@@ -60,6 +60,14 @@ def markdown_table(results: Sequence[MethodResult]) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def markdown_report(results: Sequence[MethodResult]) -> str:
+    """`markdown_table`, and with several rounds the per-round table below it."""
+    table = markdown_table(results)
+    if results and len(results[0].rounds()) > 1:
+        table += "\n\nMean error (%) per round:\n\n" + rounds_table(results)
+    return table
 
 
 def rounds_table(results: Sequence[MethodResult]) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgeadapt.bench import GeneratedSource, make_protocol, run_benchmark
-from edgeadapt.bench.report import markdown_table, plot_results, rounds_table
+from edgeadapt.bench.report import markdown_report, markdown_table, plot_results, rounds_table
 from edgeadapt.data import to_tensor
 from edgeadapt.errors import ConfigError
 from edgeadapt.models import create_model
@@ -63,6 +63,7 @@ def test_runner_counts_errors_and_memory(tiny_stream):
     table = markdown_table(results)
     assert "| ecotta |" in table and "gauss" in table and "contr" in table
     assert table.startswith("| method |")  # one round: no caption needed
+    assert markdown_report(results) == table  # and no per-round table
 
 
 def test_plot_is_written(tiny_stream, tmp_path):
@@ -76,6 +77,7 @@ def test_plot_is_written(tiny_stream, tmp_path):
     table = markdown_table(results)
     assert "last round" in table and "mean, 2 rounds" in table
     assert table.startswith("Per-domain error (%) of round 1")  # not a mean over the rounds
+    assert markdown_report(results).endswith(rounds_table(results))  # what bench prints
     rows = rounds_table(results).splitlines()
     assert "round 2" in rows[0] and len(rows) == 2 + len(results)
     assert rows[2].startswith("| source |") and rows[2].endswith("| +0.00 |")  # no adaptation
