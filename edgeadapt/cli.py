@@ -179,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocol", default="continual", choices=("continual", "reset", "long-term", "gradual")
     )
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="repetitions of the sequence (default: 10 for long-term, else 1)",
+    )
     p.add_argument("--severity", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument(

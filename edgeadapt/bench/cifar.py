@@ -89,7 +89,7 @@ def run_cifar10c(
     *,
     corruptions: Sequence[str],
     protocol: str = "continual",
-    rounds: int = 1,
+    rounds: int | None = None,
     severity: int = 5,
     batch_size: int = 64,
     release_dir: str | Path | None = None,

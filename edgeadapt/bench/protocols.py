@@ -50,17 +50,23 @@ PROTOCOLS = {
 }
 
 
+# Rounds when none are asked for: the long-term protocol is ten rounds of the sequence.
+DEFAULT_ROUNDS = {"long-term": 10}
+
+
 def make_protocol(
-    name: str, corruptions: Sequence[str], *, severity: int = 5, rounds: int = 1
+    name: str, corruptions: Sequence[str], *, severity: int = 5, rounds: int | None = None
 ) -> list[Segment]:
+    """The segments of protocol `name`; `rounds` None: the protocol's own (10 for long-term,
+    else 1). An explicit number is kept as given."""
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
     if not corruptions:
         raise ConfigError("a protocol needs at least one corruption")
     if not 1 <= severity <= 5:
         raise ConfigError(f"severity must be 1..5, got {severity}")
+    if rounds is None:
+        rounds = DEFAULT_ROUNDS.get(name, 1)
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
-    if name == "long-term" and rounds == 1:
-        rounds = 10  # the long-term protocol's default
     return PROTOCOLS[name](corruptions, severity, rounds)

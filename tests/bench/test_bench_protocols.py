@@ -22,6 +22,7 @@ def test_protocol_shapes():
     assert all(s.reset_before for s in make_protocol("reset", c))
     assert not any(s.reset_before for s in make_protocol("continual", c, rounds=3))
     assert len(make_protocol("long-term", c)) == 20  # ten rounds by default
+    assert len(make_protocol("long-term", c, rounds=1)) == 2  # an explicit number is kept
     ramp = [s.severity for s in make_protocol("gradual", c, severity=3)]
     assert ramp == [1, 2, 3, 2, 1, 1, 2, 3, 2, 1]
     for bad in [dict(name="nope"), dict(severity=6), dict(rounds=0)]:
