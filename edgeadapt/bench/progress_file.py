@@ -17,7 +17,9 @@ from edgeadapt.errors import CheckpointMismatchError
 
 __all__ = ["StreamProgress"]
 
-FORMAT = "edgeadapt-stream-progress-1"
+# 2: the adapter state leaves out the tensors unchanged since wrap (Adapter.resume_state).
+FORMAT = "edgeadapt-stream-progress-2"
+READABLE = (FORMAT, "edgeadapt-stream-progress-1")
 
 
 class StreamProgress:
@@ -54,7 +56,7 @@ class StreamProgress:
             raise CheckpointMismatchError(
                 f"{self.path} is not a readable progress file ({err}); delete it to start over"
             ) from err
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        if not isinstance(saved, dict) or saved.get("format") not in READABLE:
             raise CheckpointMismatchError(f"{self.path} is not an edgeadapt progress file")
         if saved["stream"] != self.stream:
             raise CheckpointMismatchError(

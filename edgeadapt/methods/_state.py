@@ -18,6 +18,7 @@ __all__ = [
     "per_group_batch_statistics",
     "source_statistics",
     "stochastic_restore",
+    "tensor_digest",
     "use_batch_statistics",
     "weights_digest",
 ]
@@ -36,8 +37,19 @@ def weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(_tensor_bytes(t))
     return h.hexdigest()
+
+
+def tensor_digest(t: Tensor) -> str:
+    """sha256 of one tensor's dtype, shape and values: equal iff bitwise the same tensor."""
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)};".encode())
+    h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _tensor_bytes(t: Tensor) -> bytes:
+    return t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def use_batch_statistics(bn: _BatchNorm) -> None:

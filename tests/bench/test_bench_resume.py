@@ -78,6 +78,42 @@ def test_resume_state_of_another_config_is_refused_and_changes_nothing():
         ecotta.load_resume_state(adapter.resume_state())
 
 
+def test_resume_state_leaves_the_frozen_model_out_and_checks_it_on_load():
+    batches = _batches(3)
+    model, straight = _wrap("ecotta")
+    for x in batches:
+        straight(x)
+    _, first = _wrap("ecotta")
+    first(batches[0])
+    saved = _through_a_file(first.resume_state())
+    frozen = {k for k, v in first.named_parameters() if not v.requires_grad}
+    assert frozen and frozen <= set(saved["omitted"])
+    assert not frozen & set(saved["state"]) and not frozen & set(saved["reset_point"]["state"])
+    meta = {k for k, v in first.named_parameters() if v.requires_grad}
+    assert meta <= set(saved["state"])  # what adaptation built stays in the file
+
+    # An adapter whose frozen tensors are not the ones left out is refused, unchanged.
+    odd = wrap(model, tiny_config("ecotta"))
+    name = sorted(frozen)[0]
+    with torch.no_grad():
+        odd.get_parameter(name).add_(1.0)
+    before = {k: v.clone() for k, v in odd.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match="leaves out"):
+        odd.load_resume_state(saved)
+    assert all(torch.equal(odd.state_dict()[k], v) for k, v in before.items())
+
+    # A file from before tensors were left out (everything in it) still resumes exactly.
+    full = {**saved, "state": {k: v.clone() for k, v in first.state_dict().items()}}
+    full["reset_point"] = {**saved["reset_point"], "state": dict(first._reset_point["state"])}
+    del full["omitted"]
+    second = wrap(model, tiny_config("ecotta"))
+    second.load_resume_state(_through_a_file(full))
+    for x in batches[1:]:
+        second(x)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(second.state_dict()[k], v), k
+
+
 class PowerCut(Exception):
     pass
 
