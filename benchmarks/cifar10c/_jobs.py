@@ -68,3 +68,24 @@ def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = N
         for r in run["results"]:
             results.append({**r, "device": device, "method": (labels or {}).get(name, r["method"])})
     return {"results": results, "missing": missing}
+
+
+def keep_earlier_rows(payload: dict, earlier: Path, labels: dict[str, str] | None = None) -> dict:
+    """Add to `payload` every row of an earlier merged file (the committed record) that it has
+    no run of, so one method can be run, or rerun, alone on another machine or in another
+    session without dropping the rest of the table. Rows keep the earlier file's order, each
+    replaced by its new run where there is one; "kept_from_earlier" lists the rows taken."""
+    if not earlier.is_file():
+        return payload
+    new = {r["method"]: r for r in payload["results"]}
+    rows, kept = [], []
+    for r in json.loads(earlier.read_text())["results"]:
+        if r["method"] in new:
+            rows.append(new.pop(r["method"]))
+        else:
+            rows.append(r)
+            kept.append(r["method"])
+    rows += new.values()  # runs the earlier file did not have
+    have = {r["method"] for r in rows}
+    missing = [n for n in payload["missing"] if (labels or {}).get(n, n) not in have]
+    return {**payload, "results": rows, "missing": missing, "kept_from_earlier": kept}

@@ -5,6 +5,7 @@ severity 5, batch 64 — continual (one round, all six methods) or long-term (10
     python benchmarks/cifar10c/record.py continual --data /tmp/c10c --device cuda --workers 8
     python benchmarks/cifar10c/record.py long-term --data /tmp/c10c --device cuda --workers 8
     python benchmarks/cifar10c/record.py continual --data /tmp/c10c --teacher   # + that row
+    python benchmarks/cifar10c/record.py long-term --data /tmp/c10c --methods none --teacher
 
 Each method runs as its own `edgeadapt bench` process (in parallel; the same command with
 one method each is what a single-process run would do). Writes record_<suite>.json/.md/.png
@@ -19,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import TEACHER, bench_command, merge, run_parallel
+from _jobs import TEACHER, bench_command, keep_earlier_rows, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import markdown_report, plot_results, results_from_json
@@ -40,7 +41,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="release folder from make_release.py")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=3)
-    ap.add_argument("--methods", default=None, help="a subset of the suite's methods")
+    ap.add_argument(
+        "--methods", default=None, help="a subset of the suite's methods; 'none' with --teacher"
+    )
     ap.add_argument(
         "--n-images", type=int, default=None, help="a subset of each domain (labelled as such)"
     )
@@ -56,7 +59,10 @@ def main() -> None:
     args = ap.parse_args()
     methods, rounds = SUITES[args.suite]
     if args.methods:
-        methods = [m for m in args.methods.split(",") if m]
+        methods = [m for m in args.methods.split(",") if m and m != "none"]
+        unknown = sorted(set(methods) - set(SUITES[args.suite][0]) - {"cotta"})
+        if unknown:
+            ap.error(f"--methods: {unknown} not in {SUITES[args.suite][0]}")
     subset = f"_n{args.n_images}" if args.n_images else ""
     out = Path(args.out or HERE / f"record_{args.suite}{subset}_runs")
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
@@ -77,10 +83,17 @@ def main() -> None:
     # EXTRA: earlier settings kept for comparison (e.g. ecotta_before_tuning.json).
     suite = SUITES[args.suite][0]
     extra = [p.stem for p in sorted(out.glob("*.json")) if p.stem not in suite]
-    payload = merge(out, suite + extra, {e: e.replace("_", " ") for e in extra})
-    payload["meta"] = {"rounds": rounds, "severity": 5, "batch": 64, **vars(args)}
+    if args.teacher and TEACHER_ROW not in extra:
+        extra.append(TEACHER_ROW)
+    labels = {e: e.replace("_", " ") for e in extra}
     # A subset run (--n-images) never overwrites the full run's files.
     stem = HERE / (f"record_{args.suite}" + (f"_n{args.n_images}" if args.n_images else ""))
+    # Runs not in `out` keep their rows from the committed file: a method run alone, on another
+    # machine or in another session, does not drop the others from the table.
+    payload = keep_earlier_rows(
+        merge(out, suite + extra, labels), stem.with_suffix(".json"), labels
+    )
+    payload["meta"] = {"rounds": rounds, "severity": 5, "batch": 64, **vars(args)}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     results = results_from_json(payload)
     title = f"ResNet-20, CIFAR-10-C (JPEG) severity 5, {args.suite}, {rounds} round(s), batch 64"
