@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from edgeadapt.bench.progress_file import READABLE
+from edgeadapt.bench.runner import MethodResult, SegmentResult
 
 
 def summarise(path: Path, label: str) -> dict:
@@ -27,24 +28,20 @@ def summarise(path: Path, label: str) -> dict:
         raise SystemExit(f"{path} is not an edgeadapt progress file")
     segments = saved["segments"]
     planned = saved["stream"]["segments"]
-    per_round: dict[int, list[float]] = {}
-    for s in segments:
-        per_round.setdefault(s["round"], []).append(100.0 * s["errors"] / max(s["images"], 1))
+    result = MethodResult(label, [SegmentResult(**s) for s in segments])
     domains_per_round = sum(1 for p in planned if p[2] == planned[0][2])
     rounds = [
-        {"round": r, "domains": len(e), "complete": len(e) == domains_per_round,
-         "mean_error": float(np.mean(e))}
-        for r, e in sorted(per_round.items())
+        {"round": r[0].round, "domains": len(r), "complete": len(r) == domains_per_round,
+         "mean_error": float(np.mean([s.error for s in r]))}
+        for r in result.rounds()
     ]  # fmt: skip
-    seconds = sum(s["seconds"] for s in segments)
-    images = sum(s["images"] for s in segments)
     return {
         "method": label,
         "segments_done": len(segments),
         "segments_planned": len(planned),
         "rounds": rounds,
-        "seconds": seconds,
-        "images_per_second": images / max(seconds, 1e-9),
+        "seconds": result.seconds,
+        "images_per_second": result.images_per_second,
         "segments": segments,
     }
 

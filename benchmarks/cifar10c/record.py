@@ -23,6 +23,7 @@ from pathlib import Path
 from _jobs import TEACHER, bench_command, keep_earlier_rows, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
+from edgeadapt.api import list_methods
 from edgeadapt.bench.report import markdown_report, plot_results, results_from_json
 
 HERE = Path(__file__).resolve().parent
@@ -60,9 +61,9 @@ def main() -> None:
     methods, rounds = SUITES[args.suite]
     if args.methods:
         methods = [m for m in args.methods.split(",") if m and m != "none"]
-        unknown = sorted(set(methods) - set(SUITES[args.suite][0]) - {"cotta"})
+        unknown = sorted(set(methods) - set(list_methods()))
         if unknown:
-            ap.error(f"--methods: {unknown} not in {SUITES[args.suite][0]}")
+            ap.error(f"--methods: {unknown} are not methods; known: {list_methods()}")
     subset = f"_n{args.n_images}" if args.n_images else ""
     out = Path(args.out or HERE / f"record_{args.suite}{subset}_runs")
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
