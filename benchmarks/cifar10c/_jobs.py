@@ -74,12 +74,15 @@ def keep_earlier_rows(payload: dict, earlier: Path, labels: dict[str, str] | Non
     """Add to `payload` every row of an earlier merged file (the committed record) that it has
     no run of, so one method can be run, or rerun, alone on another machine or in another
     session without dropping the rest of the table. Rows keep the earlier file's order, each
-    replaced by its new run where there is one; "kept_from_earlier" lists the rows taken."""
+    replaced by its new run where there is one; "kept_from_earlier" lists the rows taken, and
+    "earlier_meta" the earlier merges' settings, oldest first (each merge's own "meta" names
+    only what it ran, so without them the file would not say how the kept rows were made)."""
     if not earlier.is_file():
         return payload
+    before = json.loads(earlier.read_text())
     new = {r["method"]: r for r in payload["results"]}
     rows, kept = [], []
-    for r in json.loads(earlier.read_text())["results"]:
+    for r in before["results"]:
         if r["method"] in new:
             rows.append(new.pop(r["method"]))
         else:
@@ -88,4 +91,11 @@ def keep_earlier_rows(payload: dict, earlier: Path, labels: dict[str, str] | Non
     rows += new.values()  # runs the earlier file did not have
     have = {r["method"] for r in rows}
     missing = [n for n in payload["missing"] if (labels or {}).get(n, n) not in have]
-    return {**payload, "results": rows, "missing": missing, "kept_from_earlier": kept}
+    history = [*before.get("earlier_meta", []), *([before["meta"]] if "meta" in before else [])]
+    return {
+        **payload,
+        "results": rows,
+        "missing": missing,
+        "kept_from_earlier": kept,
+        "earlier_meta": history,
+    }
