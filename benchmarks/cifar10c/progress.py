@@ -16,19 +16,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from edgeadapt.bench.progress_file import READABLE
+from edgeadapt.bench.progress_file import read_progress_file
 from edgeadapt.bench.runner import MethodResult, SegmentResult
+from edgeadapt.errors import CheckpointMismatchError
 
 
 def summarise(path: Path, label: str) -> dict:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") not in READABLE:
-        raise SystemExit(f"{path} is not an edgeadapt progress file")
+    saved = read_progress_file(path)
     segments = saved["segments"]
     planned = saved["stream"]["segments"]
     result = MethodResult(label, [SegmentResult(**s) for s in segments])
+    # Planned segments are [corruption, severity, round, reset_before] (StreamProgress.stream).
     domains_per_round = sum(1 for p in planned if p[2] == planned[0][2])
     rounds = [
         {"round": r[0].round, "domains": len(r), "complete": len(r) == domains_per_round,
@@ -52,7 +51,10 @@ def main() -> None:
     ap.add_argument("--label", default=None, help="the row's name (default: the file's folder)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    summary = summarise(args.progress_file, args.label or args.progress_file.parent.name)
+    try:
+        summary = summarise(args.progress_file, args.label or args.progress_file.parent.name)
+    except CheckpointMismatchError as err:
+        raise SystemExit(str(err)) from err
     print(f"{summary['method']}: {summary['segments_done']} of {summary['segments_planned']} "
           f"segments, {summary['images_per_second']:.0f} img/s")  # fmt: skip
     print("| round | domains | mean error |\n|---:|---:|---:|")

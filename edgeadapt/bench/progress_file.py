@@ -15,11 +15,25 @@ from edgeadapt._atomic import atomic_write_bytes
 from edgeadapt.bench.protocols import Segment
 from edgeadapt.errors import CheckpointMismatchError
 
-__all__ = ["StreamProgress"]
+__all__ = ["StreamProgress", "read_progress_file"]
 
 # 2: the adapter state leaves out the tensors unchanged since wrap (Adapter.resume_state).
 FORMAT = "edgeadapt-stream-progress-2"
 READABLE = (FORMAT, "edgeadapt-stream-progress-1")
+
+
+def read_progress_file(path: Path) -> dict[str, Any]:
+    """A progress file's contents, read with `weights_only=True`; CheckpointMismatchError for a
+    truncated or foreign file or an unknown format."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, do not guess
+        raise CheckpointMismatchError(
+            f"{path} is not a readable progress file ({err}); delete it to start over"
+        ) from err
+    if not isinstance(saved, dict) or saved.get("format") not in READABLE:
+        raise CheckpointMismatchError(f"{path} is not an edgeadapt progress file")
+    return saved
 
 
 class StreamProgress:
@@ -50,14 +64,7 @@ class StreamProgress:
         saved segment results; nothing when there is no file yet."""
         if not self.path.is_file():
             return []
-        try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a truncated or foreign file: say which, do not guess
-            raise CheckpointMismatchError(
-                f"{self.path} is not a readable progress file ({err}); delete it to start over"
-            ) from err
-        if not isinstance(saved, dict) or saved.get("format") not in READABLE:
-            raise CheckpointMismatchError(f"{self.path} is not an edgeadapt progress file")
+        saved = read_progress_file(self.path)
         if saved["stream"] != self.stream:
             raise CheckpointMismatchError(
                 f"{self.path} was saved for another stream (segments, data, image order or "

@@ -185,16 +185,18 @@ class Adapter(nn.Module):
         its own wrap. So the state holds what adaptation built, not a copy of the checkpoint
         (EcoTTA with its teacher on ResNet-20: 0.17 MB instead of 2.4 MB)."""
         captured = self._capture()
-        reset_point = copy.deepcopy(self._reset_point)
         omitted = {
             k: digest
             for k, digest in self._wrap_digests.items()
             if k in captured["state"]
             and tensor_digest(captured["state"][k]) == digest
-            and tensor_digest(reset_point["state"][k]) == digest
+            and tensor_digest(self._reset_point["state"][k]) == digest
         }
         for k in omitted:
-            del captured["state"][k], reset_point["state"][k]
+            del captured["state"][k]
+        # Copy only what the file keeps of the reset point (the frozen model is most of it).
+        kept = {k: v for k, v in self._reset_point["state"].items() if k not in omitted}
+        reset_point = copy.deepcopy({**self._reset_point, "state": kept})
         return {
             "method": self.config.method,
             "config": json.dumps(to_dict(self.config), sort_keys=True),
