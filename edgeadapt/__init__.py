@@ -15,10 +15,13 @@ _LAZY = {
     "unwrap": "edgeadapt.api",
     "list_methods": "edgeadapt.api",
     "config_for": "edgeadapt.api",
+    "prepare_adapter": "edgeadapt.api",
     "create_model": "edgeadapt.models",
     "list_models": "edgeadapt.models",
     "SourceConfig": "edgeadapt.config",
     "NormConfig": "edgeadapt.config",
+    "RoTTAConfig": "edgeadapt.config",
+    "SARConfig": "edgeadapt.config",
     "TentConfig": "edgeadapt.config",
     "EATAConfig": "edgeadapt.config",
     "CoTTAConfig": "edgeadapt.config",
@@ -30,12 +33,14 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgeadapt.api import config_for, list_methods, unwrap, wrap  # noqa: F401
+    from edgeadapt.api import config_for, list_methods, prepare_adapter, unwrap, wrap  # noqa: F401
     from edgeadapt.config import (  # noqa: F401
         CoTTAConfig,
         EATAConfig,
         EcoTTAConfig,
         NormConfig,
+        RoTTAConfig,
+        SARConfig,
         SourceConfig,
         TentConfig,
     )

@@ -1,4 +1,5 @@
-"""The entry points: `wrap`, `unwrap`, `list_methods`, `config_for`, `load_adapter`."""
+"""The entry points: `wrap`, `unwrap`, `list_methods`, `config_for`, `load_adapter`, and
+`prepare_adapter` (a method's setup on source data: EcoTTA's warm-up, EATA's Fisher)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from torch import Tensor, nn
 from edgeadapt._registry import METHODS
 from edgeadapt.config import AdaptConfig, config_from_dict
 from edgeadapt.errors import ConfigError, UnknownNameError
+from edgeadapt.setup_data import SourceData, SourceDataError, prepare_adapter
 
-__all__ = ["config_for", "list_methods", "load_adapter", "unwrap", "wrap"]
+__all__ = [
+    "SourceData",
+    "SourceDataError",
+    "config_for",
+    "list_methods",
+    "load_adapter",
+    "prepare_adapter",
+    "unwrap",
+    "wrap",
+]
 
 
 def _registry() -> dict:

@@ -31,17 +31,34 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
-    from edgeadapt.memory_report import format_memory_table, memory_report
+    from edgeadapt.memory_report import format_memory_table, format_peak_breakdown, memory_report
     from edgeadapt.models import create_model
 
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     shape = (args.batch, args.channels, args.input_size, args.input_size)
-    rows = memory_report(model, methods, shape, frozen_bits=args.frozen_bits)
+    rss_model = None if args.no_rss else args.model
+    rows = memory_report(
+        model,
+        methods,
+        shape,
+        frozen_bits=args.frozen_bits,
+        rss_model=rss_model,
+        num_classes=args.num_classes,
+    )
     print(
-        f"One adaptation step of {args.model} at input {shape}, MiB (measured; analytic = planning model)"
+        f"One adaptation step of {args.model} at input {shape}, MiB. Peak step: the most bytes "
+        "alive at once during the step (forward, backward, recomputation, optimizer), tracked "
+        "per tensor and as a fresh process's resident set (RSS); ratios tracked / RSS. Kept "
+        "for backward: what autograd holds between forward and backward (analytic: the "
+        "planning model)."
     )
     print(format_memory_table(rows))
+    print("\nWhere the tracked peak is: most MiB alive in each phase, and at the peak by category")
+    print(format_peak_breakdown(rows))
+    for r in rows:
+        if r.get("rss_error"):
+            print(f"{r['method']}: no RSS ({r['rss_error']})", file=sys.stderr)
     if args.json:
         out = {
             "model": args.model,
@@ -82,19 +99,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from edgeadapt.bench.cifar import run_cifar10c
-    from edgeadapt.bench.report import markdown_report
+    from edgeadapt.bench.cifar import describe_stream, run_cifar10c
+    from edgeadapt.bench.report import markdown_report, setting_label
     from edgeadapt.config import settings_from_json
-    from edgeadapt.data import CORRUPTIONS, EXTRA_CORRUPTIONS
+    from edgeadapt.data import CORRUPTIONS, EXTRA_CORRUPTIONS, check_stream
     from edgeadapt.models import create_model
 
     if args.dataset != "cifar10-c":
         raise EdgeAdaptError(f"unknown dataset {args.dataset!r}; supported: cifar10-c")
+    # Before the model and data load: a bad --stream/--delta fails in a second, not an hour.
+    stream = describe_stream(args.stream, check_stream(args.stream, args.delta), args.seed)
     named = {"standard": list(CORRUPTIONS), "extra": list(EXTRA_CORRUPTIONS)}
     corruptions = named.get(args.corruptions) or [
         c.strip() for c in args.corruptions.split(",") if c.strip()
     ]
     overrides = settings_from_json(args.overrides, "--overrides")  # before the slow part
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.checkpoint is None:
         # An untrained network errs at chance (about 90% on CIFAR-10) whatever the method:
         # a table of it looks like results and means nothing.
@@ -102,21 +122,44 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"bench needs the trained weights of --model {args.model}: pass --checkpoint PATH "
             "(e.g. ../shared/models/resnet20_cifar10jpeg.pt for resnet20)"
         )
+    setup_source = _bench_setup_source(args, methods)  # missing source images fail now
     model = create_model(args.model, checkpoint=args.checkpoint)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = run_cifar10c(
         model, methods, corruptions=corruptions, protocol=args.protocol, rounds=args.rounds,
         severity=args.severity, batch_size=args.batch, release_dir=args.data, clean_source=args.source,
         n_images=args.n_images, warmup_steps=args.warmup_steps, overrides=overrides, seed=args.seed,
-        device=args.device, progress=not args.quiet, state_dir=args.state_dir,
+        device=args.device, progress=not args.quiet, state_dir=args.state_dir, stream=args.stream,
+        delta=args.delta, source_data=setup_source, no_warmup=args.no_warmup,
     )  # fmt: skip
     table = markdown_report(results)  # with several rounds, the per-round means too
-    print(table)
-    title = (
-        f"{args.model}, CIFAR-10-C severity {args.severity}, {args.protocol}, batch {args.batch}"
+    title = f"{args.model}, CIFAR-10-C severity {args.severity}, {args.protocol}, " + setting_label(
+        args.batch, stream
     )
-    _write_outputs(args, results, table, title, {"args": vars(args) | {"func": None}})
+    print(f"{title}\n\n{table}")
+    # What each adaptation step saw, at the top of the file (each result row repeats it).
+    setting = {"batch_size": args.batch, "stream": stream}
+    _write_outputs(args, results, table, title, {**setting, "args": vars(args) | {"func": None}})
     return 0
+
+
+def _bench_setup_source(args: argparse.Namespace, methods: list[str]):
+    """Where EcoTTA's warm-up and EATA's Fisher read their images: --source-data, else
+    --source's train split, else ../shared where present; None when no method needs them."""
+    from edgeadapt.setup_data import find_source_data, methods_needing_source
+
+    if args.no_warmup and args.source_data:
+        raise ConfigError("--source-data and --no-warmup exclude each other; pass one")
+    needs = methods_needing_source(methods, warmup_steps=args.warmup_steps,
+                                   no_warmup=args.no_warmup)  # fmt: skip
+    if not needs:
+        return None
+    given, option = (
+        (args.source_data, "--source-data") if args.source_data else (args.source, "--source")
+    )
+    return find_source_data(
+        given, needed_by=needs, option=option if given else "--source-data", skip="--no-warmup",
+        alternative="or --source (its train split)",
+    )  # fmt: skip
 
 
 def _add_outputs(p: argparse.ArgumentParser) -> None:
@@ -159,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         choices=(8, 16, 32),
         help="frozen weights in the analytic model",
+    )
+    p.add_argument(
+        "--no-rss",
+        action="store_true",
+        help="skip the fresh-process resident-set measurement (one process per method)",
     )
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.set_defaults(func=_cmd_memory)
@@ -203,7 +251,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-images", type=int, default=None, help="use the first N images of the stream order"
     )
-    p.add_argument("--warmup-steps", type=int, default=500, help="EcoTTA source warm-up steps")
+    p.add_argument(
+        "--stream",
+        default="iid",
+        help="image order in each domain: 'iid' (one fixed shuffle) or 'correlated' (runs of "
+        "one class, the Dirichlet order of NOTE/RoTTA, drawn per domain)",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="Dirichlet concentration of --stream correlated (default 0.1; smaller: longer runs)",
+    )
+    p.add_argument(
+        "--source-data",
+        default=None,
+        help="labelled source images for EcoTTA's warm-up and EATA's Fisher: an image folder "
+        "or .tar.gz with train/<class>/*, or the CIFAR-10 python release; default: --source, "
+        "else ../shared's JPEG set where present (without one, those methods are refused)",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=500,
+        help="EcoTTA source warm-up steps (of 64 images; 0 skips it, and its row says so)",
+    )
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="run EcoTTA without warm-up and EATA without Fisher; their rows are marked "
+        "'(no warm-up)' / '(no Fisher)' in the table, JSON and plot",
+    )
     p.add_argument("--overrides", default=None, help='JSON, e.g. \'{"ecotta": {"lr": 0.01}}\'')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

@@ -20,6 +20,8 @@ __all__ = [
     "EATAConfig",
     "EcoTTAConfig",
     "NormConfig",
+    "RoTTAConfig",
+    "SARConfig",
     "SourceConfig",
     "TentConfig",
     "config_from_dict",
@@ -40,9 +42,18 @@ class AdaptConfig:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
     seed: int = 0  # seeds the adapter's own generator (augmentations, restores)
-    # What a batch too small for batch statistics does: "error" raises BatchTooSmallError,
-    # "predict" returns the current model's prediction without adapting.
-    small_batch: Literal["error", "predict"] = "error"
+    # Samples the test statistics of BNs on test statistics span (edgeadapt.modules.stream_norm):
+    # a batch of N mixes its own statistics into the stream's with weight min(1, N / window),
+    # so a batch of `stat_window` or more uses its own alone (the published rule) and single
+    # frames adapt too. None: each batch's own statistics only, which needs 2 samples or more.
+    # A pair (first, last) grows the window geometrically from the first BN to the last in
+    # forward order (edgeadapt.modules.stream_norm.stream_windows).
+    stat_window: int | tuple[int, int] | None = 64
+    # A batch of one where BNs use test statistics: "adapt" (on the stream's statistics),
+    # "predict" (the current model's prediction on the stream's statistics as they are, no
+    # adapting, no state change), "error" (BatchTooSmallError). With stat_window None,
+    # "adapt" is not possible.
+    small_batch: Literal["adapt", "error", "predict"] = "adapt"
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps must be >= 1")
@@ -53,7 +64,28 @@ class AdaptConfig:
             self.optimizer in ("sgd", "adam"),
             f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}",
         )
-        _check(self.small_batch in ("error", "predict"), "small_batch must be 'error' or 'predict'")
+        _check(
+            self.small_batch in ("adapt", "error", "predict"),
+            "small_batch must be 'adapt', 'error' or 'predict'",
+        )
+        if isinstance(self.stat_window, list):  # from JSON
+            object.__setattr__(self, "stat_window", tuple(self.stat_window))
+        window = self.stat_window
+        sizes = window if isinstance(window, tuple) else (window,)
+        _check(
+            window is None
+            or (
+                len(sizes) in (1, 2)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes)
+            ),
+            "stat_window must be a number of samples >= 1, a pair (first, last) of them, or "
+            f"None; got {window!r}",
+        )
+        _check(
+            self.stat_window is not None or self.small_batch != "adapt",
+            "stat_window=None normalises every batch with its own statistics, which a batch of "
+            "one cannot give: set small_batch='predict' or 'error', or keep a stat_window",
+        )
         _check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay must be >= 0")
 
@@ -149,6 +181,16 @@ class CoTTAConfig(AdaptConfig, _InputStatistics):
         _check(self.views_per_pass >= 1, "views_per_pass must be >= 1")
 
 
+# EcoTTAConfig.device(): what differs from the defaults on a device (chosen on the four extra
+# corruptions at batch 1: benchmarks/cifar10c/tune_stream.md).
+DEVICE_SETTINGS: dict[str, Any] = {
+    "frozen_bn": "eval",
+    "frozen_weights": "int8",
+    "optimizer": "sgd",
+    "lr": 1e-4,
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class EcoTTAConfig(AdaptConfig, _InputStatistics):
     """Meta networks on K parts of a frozen backbone (Song et al. 2023)."""
@@ -174,6 +216,10 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
     # `recompute` this keeps no more memory, since whole parts are recomputed). "eval": they keep
     # the source statistics and fold into the lean frozen path (less memory without recompute).
     frozen_bn: Literal["eval", "batch"] = "batch"
+    # Precision of the frozen convolutions' weights: "int8" rounds them, as the exporter stores
+    # them for a device (symmetric, one scale per output channel), so the eager adapter runs
+    # what the device runs; the meta networks stay fp32 either way.
+    frozen_weights: Literal["fp32", "int8"] = "fp32"
     lean: bool = True  # memory-lean frozen path (keeps only 1-bit ReLU masks for backward)
     # Recompute each part in backward, keeping only its input: less memory for one more
     # forward of the frozen layers per step.
@@ -195,6 +241,14 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
     # whichever is surer. Give input_mean / input_std when inputs are normalised.
     teacher_views: int = 0
 
+    @classmethod
+    def device(cls, **changes: Any) -> EcoTTAConfig:
+        """EcoTTA as a device runs it, and as `edgeadapt export --program adapt` writes it:
+        the frozen BNs on the source statistics (folded into the frozen convolutions), the
+        frozen weights int8, the meta networks fp32 on stream statistics, and SGD (the
+        optimiser the device applies to the program's gradients). `changes` override."""
+        return cls(**{**DEVICE_SETTINGS, **changes})
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_input_statistics()
@@ -213,11 +267,61 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
         _check(self.reg_weight >= 0, "reg_weight must be >= 0")
         _check(self.meta_kernel_size in (1, 3), "meta_kernel_size must be 1 or 3")
         _check(self.frozen_bn in ("eval", "batch"), "frozen_bn must be 'eval' or 'batch'")
+        _check(self.frozen_weights in ("fp32", "int8"), "frozen_weights must be 'fp32' or 'int8'")
         if self.parts is not None:
             _check(len(self.parts) >= 1, "parts must name at least one part")
             object.__setattr__(
                 self, "parts", tuple(p if isinstance(p, str) else tuple(p) for p in self.parts)
             )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoTTAConfig(AdaptConfig, _InputStatistics):
+    """Robust BN, a category-balanced memory bank and a time-reweighted mean teacher
+    (Yuan et al. 2023): made for correlated streams of small batches."""
+
+    method: str = dataclasses.field(default="rotta", init=False)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 1e-3
+    # Robust BN: each update batch from the bank moves the BN statistics by this weight
+    # (RoTTA's α); predictions normalise with the statistics as they stand.
+    robust_momentum: float = 0.05
+    teacher_momentum: float = 0.999  # the teacher moves 1 − this toward the student per update
+    memory_size: int = 64  # samples the category-balanced bank holds
+    update_every: int = 64  # samples between updates (each trains on the whole bank)
+    lambda_t: float = 1.0  # weight of a stored sample's age in the bank's eviction score
+    lambda_u: float = 1.0  # weight of its uncertainty (entropy / ln C)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_input_statistics()
+        _check(0 < self.robust_momentum <= 1, "robust_momentum must be in (0, 1]")
+        _check(0 <= self.teacher_momentum < 1, "teacher_momentum must be in [0, 1)")
+        _check(self.memory_size >= 1, "memory_size must be >= 1")
+        _check(self.update_every >= 1, "update_every must be >= 1")
+        _check(self.lambda_t >= 0 and self.lambda_u >= 0, "lambda_t and lambda_u must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SARConfig(AdaptConfig):
+    """Sharpness-aware, reliable entropy minimisation with model recovery (Niu et al. 2023)."""
+
+    method: str = dataclasses.field(default="sar", init=False)
+    lr: float = 1e-3  # SGD with momentum, as the paper
+    lean: bool = False  # as TentConfig.lean
+    entropy_margin: float = 0.4  # adapt on samples with entropy < margin · ln(C)
+    rho: float = 0.05  # radius of the sharpness-aware perturbation
+    # Model recovery: when the moving average of the filtered entropy after the perturbed step
+    # falls below this, the model is taken to have collapsed and is reset.
+    reset_below: float = 0.2
+    loss_ema: float = 0.9  # momentum of that moving average
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.entropy_margin > 0, "entropy_margin must be > 0")
+        _check(self.rho >= 0 and math.isfinite(self.rho), "rho must be a finite number >= 0")
+        _check(self.reset_below >= 0, "reset_below must be >= 0")
+        _check(0 <= self.loss_ema < 1, "loss_ema must be in [0, 1)")
 
 
 _CONFIG_TYPES: dict[str, type[AdaptConfig]] = {
@@ -227,6 +331,8 @@ _CONFIG_TYPES: dict[str, type[AdaptConfig]] = {
     "eata": EATAConfig,
     "cotta": CoTTAConfig,
     "ecotta": EcoTTAConfig,
+    "rotta": RoTTAConfig,
+    "sar": SARConfig,
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ConfigError, InputError
 from edgeadapt.export.errors import UnsupportedExportError
 from edgeadapt.export.report import ExportReport
 
@@ -53,6 +53,30 @@ class ExportRequest:
             raise UnsupportedExportError(
                 f"training programs exist for 'ecotta' and 'tent', not {method!r}"
             )
+        if self.backend not in ("xnnpack", "portable"):
+            raise UnsupportedExportError(
+                f"backend must be 'xnnpack' or 'portable', got {self.backend!r}"
+            )
+        if self.statistics not in ("adapter", "running"):
+            raise UnsupportedExportError(
+                f"statistics must be 'adapter' or 'running', got {self.statistics!r}"
+            )
+        if self.device:
+            self._check_device()
+
+    def _check_device(self) -> None:
+        """The device profile exists and can run the program, checked before any export: an
+        XNNPACK program on an MCU would otherwise only fail the fit check after the export."""
+        from edgeadapt.export.devices import load_profile
+
+        profile = load_profile(self.device)  # an unknown name: UnknownDeviceError
+        # Training programs always run on the portable kernels (see `backend`).
+        if profile.kind == "mcu" and self.program == "infer" and self.backend == "xnnpack":
+            raise UnsupportedExportError(
+                f"backend 'xnnpack' cannot run on {profile.name} ({profile.cpu.core}): XNNPACK "
+                "has no kernels for microcontrollers (Cortex-M, Xtensa); export with backend "
+                "'portable' (--backend portable) for this --device"
+            )
 
 
 def export_program(
@@ -62,16 +86,25 @@ def export_program(
     request: ExportRequest,
     *,
     calibration: list[Tensor] | None = None,
+    check_images: Tensor | None = None,
+    check_steps: int = 20,
 ) -> ExportReport:
     """Export `model` (a plain model or an Adapter) as `request` says, verified, to `path`.
 
     int8 prediction programs need `calibration`: a few batches of typical (source) inputs.
+    Training programs with `check_images` must also adapt like the eager adapter over
+    `check_steps` steps on them (`edgeadapt.export.adapt_check`).
     """
     from edgeadapt.export.devices import load_profile
     from edgeadapt.methods.base import Adapter
 
     method = model.config.method if isinstance(model, Adapter) else "source"
     request.check(method)
+    if example.ndim < 2 or example.shape[0] < 1:
+        raise InputError(
+            f"example must be a batch of at least one input (N, ...), got shape "
+            f"{tuple(example.shape)}; the program's batch size is N"
+        )
     profile = load_profile(request.device) if request.device else None
     path = Path(path)
     if request.format == "onnx":
@@ -81,7 +114,10 @@ def export_program(
     if request.program == "adapt":
         from edgeadapt.export.training import to_training_program
 
-        return to_training_program(model, example, path, device=profile, quantize=request.quantize)
+        return to_training_program(
+            model, example, path, device=profile, quantize=request.quantize,
+            check_images=check_images, check_steps=check_steps,
+        )  # fmt: skip
     if request.quantize == "int8":
         from edgeadapt.export.quantize import to_executorch_int8
 

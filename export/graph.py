@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["PlainBatchNorm2d", "Statistics", "inference_module", "plain_copy", "replace_batchnorms"]
+__all__ = [
+    "PlainBatchNorm2d",
+    "PlainStreamBatchNorm2d",
+    "Statistics",
+    "inference_module",
+    "plain_copy",
+    "replace_batchnorms",
+]
 
 # "adapter": each BN normalises as the adapter predicts (BNs the adapter runs on batch
 # statistics use the statistics of the exported program's input batch); "running": every BN
@@ -61,6 +68,68 @@ class PlainBatchNorm2d(nn.Module):
         return y
 
 
+class PlainStreamBatchNorm2d(nn.Module):
+    """`StreamBatchNorm2d` (edgeadapt.modules.stream_norm) as plain tensor ops.
+
+    The batch's statistics are mixed into the stream's with α = min(1, N / window), N being
+    the program's fixed batch, and with `update` the program writes the mixture back into its
+    `running_mean` / `running_var`, which the runtime keeps from one call to the next (their
+    initial values go in the file: `mutable_buffers`). Below full weight the statistics are
+    constants for backward, as in eager; at full weight the BN is `PlainBatchNorm2d` on batch
+    statistics and leaves the buffers alone (outputs at that batch never read them).
+    Without `update` (prediction programs) it normalises as `adapter.frozen()` predicts.
+    """
+
+    def __init__(self, bn: _BatchNorm, *, update: bool) -> None:
+        super().__init__()
+        self.eps, self.window, self.update = float(bn.eps), int(bn.window), update
+        self.weight = bn.weight
+        self.bias = bn.bias
+        self.register_buffer("running_mean", bn.running_mean.detach().clone())
+        self.register_buffer("running_var", bn.running_var.detach().clone())
+
+    def alpha(self, x: Tensor) -> float:
+        from edgeadapt.modules.stream_norm import stream_weight
+
+        return stream_weight(x.shape[0], self.window)
+
+    def statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The mixed (mean, variance) for `x`, constants, written back with `update`. α < 1."""
+        alpha, x = self.alpha(x), x.detach()
+        rm, rv = self.running_mean, self.running_var
+        mean = (1 - alpha) * rm + alpha * x.mean(dim=(0, 2, 3))
+        second = (1 - alpha) * (rv + rm * rm) + alpha * (x * x).mean(dim=(0, 2, 3))
+        var = (second - mean * mean).clamp_min(0.0)
+        if self.update:
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var)
+        return mean, var
+
+    def affine(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, shift) per channel that normalise with (mean, var) and apply γ, β."""
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return scale, shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.alpha(x) >= 1.0:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            centred = x - mean
+            y = centred * torch.rsqrt(
+                (centred * centred).mean(dim=(0, 2, 3), keepdim=True) + self.eps
+            )
+            if self.weight is not None:
+                y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            return y
+        scale, shift = self.affine(*self.statistics(x))
+        # x · scale keeps x for backward only where γ trains (its gradient reads x).
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
 def _unlean(net: nn.Module) -> None:
     """Turn the lean twins back into the layers they subclass (same weights and names)."""
     from edgeadapt.modules.lean import LeanBatchNorm2d, LeanConv2d, LeanReLU, LeanReLU6
@@ -79,16 +148,26 @@ def _unlean(net: nn.Module) -> None:
             m.recompute = False
 
 
-def replace_batchnorms(net: nn.Module, *, which: Literal["batch", "all"]) -> int:
+def replace_batchnorms(
+    net: nn.Module, *, which: Literal["batch", "all"], update_stream: bool = False
+) -> int:
     """Replace, in place, the 2-d BNs in training mode ("batch") or every 2-d BN ("all") by
-    `PlainBatchNorm2d`, on batch statistics where the BN was in training mode. Returns how
-    many were replaced."""
+    plain ops: `PlainStreamBatchNorm2d` for BNs on stream statistics (writing them back with
+    `update_stream`), else `PlainBatchNorm2d`, on batch statistics where the BN was in training
+    mode. Returns how many normalise with each batch's own statistics alone (those need
+    batches of 2 or more)."""
+    from edgeadapt.modules.stream_norm import StreamBatchNorm2d
+
     count = 0
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.BatchNorm2d) and (which == "all" or child.training):
+            if not isinstance(child, nn.BatchNorm2d) or not (which == "all" or child.training):
+                continue
+            if isinstance(child, StreamBatchNorm2d) and child.training:
+                setattr(parent, name, PlainStreamBatchNorm2d(child, update=update_stream))
+            else:
                 setattr(parent, name, PlainBatchNorm2d(child, batch_statistics=child.training))
-                count += 1
+                count += int(child.training)
     return count
 
 
@@ -105,7 +184,8 @@ def inference_module(
     model: nn.Module, statistics: Statistics = "adapter"
 ) -> tuple[nn.Module, bool]:
     """The prediction graph of `model` (a plain model or an Adapter) as an exportable module,
-    and whether it normalises with batch statistics (then it needs batches of 2 or more).
+    and whether it normalises with each batch's own statistics alone (then it needs batches of
+    2 or more; BNs on stream statistics mix them into the stream's and take single frames).
 
     A plain model is exported in eval mode (its BNs on running statistics). An adapter is
     exported with its current weights; with `statistics="adapter"` its BNs normalise exactly

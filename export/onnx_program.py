@@ -32,8 +32,10 @@ def to_onnx(
     """Export the prediction of `model` (a plain model or an Adapter, see
     `inference_module` for what an adapter's program computes) to ONNX at `path`.
 
-    The batch axis is dynamic. The program is run by ONNX Runtime on `example` and compared
-    with eager before anything is written; more than `atol` apart raises VerificationError.
+    The batch axis is dynamic. BNs on stream statistics mix in a batch with the weight of
+    `example`'s batch size, whatever batch the program is later given. The program is run by
+    ONNX Runtime on `example` and compared with eager before anything is written; more than
+    `atol` apart raises VerificationError.
     """
     net, batch_stats = inference_module(model, statistics)
     example = example.detach()
@@ -54,6 +56,10 @@ def to_onnx(
                 output_names=["logits"],
                 opset_version=OPSET,
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                # Without it the exporter merges initializers of equal value (two BNs' γ after
+                # the same Adam step) and leaves a node reading the dropped name: an invalid
+                # model. As inputs each keeps its own name, with its value as the default.
+                keep_initializers_as_inputs=True,
             )
     except Exception as exc:
         raise ExportError(

@@ -48,6 +48,9 @@ class ExportReport:
     # int8 only: max |int8 program − fp32 eager| and top-1 agreement with fp32 on the example.
     fp32_max_abs_error: float | None = None
     fp32_agreement: float | None = None
+    # Training programs: `check_adaptation` against the eager adapter on real images (steps,
+    # differences, whether weights moved and predictions varied); None when not run.
+    adaptation_check: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
 
     @property

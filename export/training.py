@@ -60,14 +60,23 @@ def to_training_program(
     rtol: float = 1e-2,
     device: DeviceProfile | str | None = None,
     quantize: str | None = None,
+    check_images: Tensor | None = None,
+    check_steps: int = 20,
 ) -> ExportReport:
     """Export one adaptation step of `adapter` for batches shaped like `example`.
 
     Verified before writing: the program's loss, logits and gradients on `example` against
     eager autograd on the same graph; `max_abs_error` is the largest difference of the three.
     With `device`, the arena is planned into that device's RAM banks (`memory_plan`).
-    `quantize="int8"`: the frozen convolutions' weights are stored int8 and dequantized in
-    the graph; activations stay fp32 (PT2E's activation quantization has no gradient).
+    `quantize="int8"` (implied by an adapter whose config has `frozen_weights="int8"`): the
+    frozen convolutions' weights are stored int8 and dequantized in the graph; activations
+    stay fp32 (PT2E's activation quantization has no gradient).
+
+    With `check_images` (real images, normalised like the model's input), the program must
+    also adapt: `check_steps` steps of it and of the eager adapter with SGD at the adapter's
+    lr (`adapt_check.check_adaptation`); a program whose weights do not move, whose
+    predictions are constant or that parts from eager raises AdaptationCheckError and is not
+    written.
     """
     from executorch.exir import to_edge
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -81,6 +90,8 @@ def to_training_program(
     )
 
     profile = load_profile(device) if isinstance(device, str) else device
+    if getattr(getattr(adapter, "config", None), "frozen_weights", "fp32") == "int8":
+        quantize = "int8"  # the eager adapter already runs int8 frozen weights: so does this
     step = training_step_module(adapter, quantize=quantize)
     example = example.detach()
     inputs = step.example_inputs(example)
@@ -127,6 +138,9 @@ def to_training_program(
             f"the training program's {names[worst]} differs from eager by {errors[worst]:.3g} "
             f"(beyond atol {atol:g} + rtol {rtol:g}·max|eager|); not written"
         )
+    check = None
+    if check_images is not None:
+        check = _check_adapts(adapter, data, check_images, check_steps, quantize == "int8")
     trainable_bytes = sum(p.numel() * p.element_size() for p in trainable.values())
     # The bundled expected outputs, in the method's order: loss, logits, kept, then the
     # gradients and the parameters in the order of the program's signature.
@@ -137,13 +151,30 @@ def to_training_program(
     ]
     expected = (loss.detach(), logits, kept, *(grads[k] for k in order))
     expected += tuple(trainable[k].detach() for k in order)
-    bound = max(atol + rtol * sc for sc in scales)
+    # On the target the same program runs the same portable kernels: only the float rounding
+    # of another CPU and libm separates it from this host's runtime, whose own distance from
+    # eager was measured above. Ten times that, floored at 1e-5 of the output's size.
+    bound = max(10 * max(errors), 1e-5 * (1 + max(scales)))
     return write_pte(
         path, data, example, program="adapt", backend="portable", max_abs_error=max(errors),
         batch_statistics=True, profile=profile, trainable_bytes=trainable_bytes,
         quantized=quantize, expected=expected, bundle_atol=bound, bundle_inputs=inputs,
         notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",),
+        adaptation_check=check,
     )  # fmt: skip
+
+
+def _check_adapts(adapter, data: bytes, images: Tensor, steps: int, int8: bool) -> dict:
+    """`check_adaptation` with the device's optimiser: SGD at the adapter's lr (and momentum
+    where the adapter uses SGD); raises AdaptationCheckError when the program fails it."""
+    from edgeadapt.export.adapt_check import AdaptationCheckError, check_adaptation
+
+    config = adapter.config
+    momentum = config.momentum if config.optimizer == "sgd" else 0.0
+    check = check_adaptation(adapter, data, images, steps=steps, momentum=momentum, int8=int8)
+    if not check.passed:
+        raise AdaptationCheckError(check)
+    return check.to_dict()
 
 
 class TrainingRunner:

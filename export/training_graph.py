@@ -19,13 +19,15 @@ Differences from eager, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from edgeadapt.export.graph import plain_copy, replace_batchnorms
+from edgeadapt.export.graph import PlainStreamBatchNorm2d, plain_copy, replace_batchnorms
 from edgeadapt.export.training_ops import int8_frozen_convs, lean_abs, make_lean_for_training
 from edgeadapt.losses import soft_cross_entropy
 from edgeadapt.methods._augment import ViewDraws, draw_views, views_from_draws
@@ -69,9 +71,13 @@ def _entropy(logits: Tensor) -> Tensor:
 
 class _Step(nn.Module):
     """What `to_training_program` asks of every step module; the plain steps take the batch
-    alone and mutate no buffers."""
+    alone and mutate only the stream statistics of BNs on them."""
 
-    mutable_buffers: tuple[str, ...] = ()  # buffers the program writes: their values are saved
+    @property
+    def mutable_buffers(self) -> tuple[str, ...]:
+        """Name patterns of the buffers the program writes: their values are saved."""
+        streams = any(isinstance(m, PlainStreamBatchNorm2d) and m.update for m in self.modules())
+        return ("running_mean", "running_var") if streams else ()
 
     def example_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
         """The inputs of one call for the batch `x`."""
@@ -86,7 +92,8 @@ class EcoTTAStep(_Step):
 
         super().__init__()
         net = plain_copy(adapter.model)  # the student: the step trains its weights
-        replace_batchnorms(net, which="all")  # frozen ones too: eval BN backward is not portable
+        # Frozen ones too (eval BN backward is not portable); stream statistics move per call.
+        replace_batchnorms(net, which="all", update_stream=True)
         _pad_by_concat(net)
         net.requires_grad_(False)
         net.eval()  # MetaConvBlock's eval path is the plain conv -> BN -> ReLU
@@ -156,7 +163,9 @@ class EcoTTATeacherStep(EcoTTAStep):
             self.teacher_names[name] = buffer
         self.register_buffer("teacher_pending", torch.zeros(()))
 
-    mutable_buffers = ("teacher_weights", "teacher_pending")  # initial values go in the file
+    @property
+    def mutable_buffers(self) -> tuple[str, ...]:
+        return ("teacher_weights", "teacher_pending", *super().mutable_buffers)
 
     def example_inputs(self, x: Tensor) -> tuple[Tensor, ...]:
         """The inputs of one call for the batch `x`: the views' draws from a fixed seed."""
@@ -173,16 +182,30 @@ class EcoTTATeacherStep(EcoTTAStep):
             t.copy_(t + weight * (self.model.get_parameter(name).detach() - t))
             teacher[name] = t
         self.teacher_pending.fill_(1.0)
-        target = functional_call(self.model, teacher, (x,), strict=False)
-        if self.views:
-            views = views_from_draws(x, ViewDraws(*draws), self.input_mean, self.input_std)
-            averaged = view_average(self.model, teacher, views, self.views)
-            target = more_confident(averaged, target)
+        with _stream_updates_off(self.model):  # as eager: the teacher's passes observe nothing
+            target = functional_call(self.model, teacher, (x,), strict=False)
+            if self.views:
+                views = views_from_draws(x, ViewDraws(*draws), self.input_mean, self.input_std)
+                averaged = view_average(self.model, teacher, views, self.views)
+                target = more_confident(averaged, target)
         target = target.detach()
         logits, reg = self._logits_and_reg(x)
         loss = soft_cross_entropy(logits, target).mean() + self.reg_weight * reg
         kept = torch.ones((), dtype=logits.dtype) * x.shape[0]
         return loss, target, kept
+
+
+@contextlib.contextmanager
+def _stream_updates_off(net: nn.Module) -> Iterator[None]:
+    """While tracing: the stream BNs of `net` normalise without writing their statistics."""
+    touched = [m for m in net.modules() if isinstance(m, PlainStreamBatchNorm2d) and m.update]
+    for m in touched:
+        m.update = False
+    try:
+        yield
+    finally:
+        for m in touched:
+            m.update = True
 
 
 class TentStep(_Step):
@@ -193,11 +216,14 @@ class TentStep(_Step):
 
         super().__init__()
         net = plain_copy(adapter.model)  # the student: the step trains its weights
-        replace_batchnorms(net, which="all")
+        replace_batchnorms(net, which="all", update_stream=True)
         _pad_by_concat(net)
         net.requires_grad_(False)
         for m in net.modules():
-            if isinstance(m, PlainBatchNorm2d) and m.batch_statistics and m.weight is not None:
+            on_test_statistics = isinstance(m, PlainStreamBatchNorm2d) or (
+                isinstance(m, PlainBatchNorm2d) and m.batch_statistics
+            )
+            if on_test_statistics and m.weight is not None:
                 m.weight.requires_grad_(True)
                 m.bias.requires_grad_(True)
         make_lean_for_training(net)

@@ -121,11 +121,16 @@ def _lean_meta_conv_block() -> type[nn.Module]:
     from edgeadapt.modules.meta import MetaConvBlock
 
     class LeanMetaConvBlock(MetaConvBlock):
-        """MetaConvBlock's conv -> BN (batch statistics) -> ReLU, with the mask ReLU, and for
-        a 1×1 conv on a batch of one the BN folded into the conv (`_folded_conv_bn`)."""
+        """MetaConvBlock's conv -> BN -> ReLU, with the mask ReLU. On stream statistics the
+        BN folds into the conv (`_conv_on_stream_statistics`); on batch statistics it does for
+        a 1×1 conv on a batch of one (`_folded_conv_bn`)."""
 
         def forward(self, x: Tensor) -> Tensor:
+            from edgeadapt.export.graph import PlainStreamBatchNorm2d
+
             conv = self.conv
+            if isinstance(self.bn, PlainStreamBatchNorm2d) and self.bn.alpha(x) < 1.0:
+                return _conv_on_stream_statistics(x, conv, self.bn)
             foldable = (
                 x.shape[0] == 1
                 and conv.kernel_size == (1, 1)
@@ -168,6 +173,19 @@ def _folded_conv_bn(x: Tensor, conv: nn.Conv2d, bn: StatsBatchNorm2d) -> Tensor:
     return F.conv2d(xs, scaled, shift)
 
 
+def _conv_on_stream_statistics(x: Tensor, conv: nn.Conv2d, bn: nn.Module) -> Tensor:
+    """ReLU(BN(conv(x))) with the BN on stream statistics, as one conv of x with BN-scaled
+    weights: the statistics are constants for backward (`PlainStreamBatchNorm2d`), so the
+    scale folds into the weights and backward keeps x (which the weight gradient reads
+    anyway), never the conv's output. The statistics' own conv of x runs without gradient."""
+    z = F.conv2d(x.detach(), conv.weight.detach(), None, conv.stride, conv.padding,
+                 conv.dilation, conv.groups)  # fmt: skip
+    scale, shift = bn.affine(*bn.statistics(z))
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
+    y = F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return torch.where(y > 0, y, 0.0)
+
+
 class Int8WeightConv2d(nn.Module):
     """A frozen conv whose weights are stored int8 (symmetric, one scale per output channel,
     [-127, 127], as the XNNPACK quantizer stores conv weights) and dequantized in the graph.
@@ -183,9 +201,10 @@ class Int8WeightConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, chunk_bytes: int = 40 * 1024) -> None:
         super().__init__()
+        from edgeadapt.modules.int8 import int8_weight
+
         w = conv.weight.detach()
-        scale = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127.0
-        q = torch.round(w / scale.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
+        q, scale = int8_weight(w)
         per_channel = 4 * w[0].numel()
         step = max(1, chunk_bytes // per_channel) if conv.groups == 1 else w.shape[0]
         self.bounds = [(i, min(i + step, w.shape[0])) for i in range(0, w.shape[0], step)]

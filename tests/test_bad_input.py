@@ -42,16 +42,24 @@ def test_non_finite_pixels(method, value, tiny_model, batch, example):
 
 
 @pytest.mark.parametrize("method", ["norm", "tent", "eata", "cotta", "ecotta"])
-def test_batch_of_one(method, tiny_model, batch, example):
-    adapter = wrap(tiny_model, tiny_config(method), example_input=example)
-    with pytest.raises(BatchTooSmallError, match="small_batch='predict'"):
-        adapter(batch[:1])
+def test_batch_of_one_refused_or_predicted_when_asked(method, tiny_model, batch, example):
+    refusing = wrap(tiny_model, tiny_config(method, small_batch="error"), example_input=example)
+    with pytest.raises(BatchTooSmallError, match="small_batch='adapt'"):
+        refusing(batch[:1])
     fallback = wrap(tiny_model, tiny_config(method, small_batch="predict"), example_input=example)
     before = {k: v.clone() for k, v in fallback.state_dict().items()}
     out = fallback(batch[:1])
     assert out.shape == (1, 10) and torch.isfinite(out).all()
     for k, v in fallback.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_no_window_cannot_adapt_single_frames():
+    with pytest.raises(ConfigError, match="stat_window=None"):
+        config_for("tent", stat_window=None)
+    with pytest.raises(ConfigError, match="stat_window"):
+        config_for("tent", stat_window=0)
+    config_for("tent", stat_window=None, small_batch="predict")  # the published rule, as asked
 
 
 def test_source_accepts_batch_of_one(tiny_model, batch, example):

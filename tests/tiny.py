@@ -10,6 +10,8 @@ TEST_OVERRIDES = {
     "eata": {"lr": 1e-2, "entropy_margin": 10.0, "redundancy_margin": 2.0},
     "cotta": {"lr": 1e-2, "augmentations": 2, "confidence_threshold": 1.0, "restore_prob": 0.1},
     "ecotta": {"lr": 1e-2, "entropy_margin": 10.0},
+    "rotta": {"update_every": 8},
+    "sar": {"lr": 1e-2, "entropy_margin": 10.0},
 }
 
 METHODS = list_methods()

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from edgeadapt.bench.protocols import make_protocol
@@ -14,56 +13,38 @@ from edgeadapt.bench.runner import MethodResult, check_device, run_benchmark
 from edgeadapt.bench.sources import DomainSource, GeneratedSource, ReleaseSource
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+from edgeadapt.setup_data import (
+    SETUP_BATCH,
+    SourceData,
+    find_source_data,
+    load_clean_split,
+    methods_needing_source,
+    prepare_adapter,
+    shared_source,
+)
 
-__all__ = ["default_clean_source", "load_clean_split", "run_cifar10c"]
+__all__ = [
+    "SETUP_BATCH",
+    "default_clean_source",
+    "describe_stream",
+    "load_clean_split",
+    "run_cifar10c",
+]
 
 
 def default_clean_source() -> Path | None:
     """The JPEG CIFAR-10 archive in ../shared, when it is there."""
-    from edgeadapt._paths import shared_dir
-
-    path = shared_dir() / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
-    return path if path.exists() else None
-
-
-def load_clean_split(
-    source: str | Path, split: str, *, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """A clean split from the official python archive/folder or an image-folder tree/archive."""
-    from edgeadapt.data import load_cifar10, load_image_folder
-
-    source = Path(source)
-    official = (
-        "cifar-10-python" in source.name
-        or (source / "cifar-10-batches-py").exists()
-        or source.name == "cifar-10-batches-py"
-    )
-    if official:
-        return load_cifar10(source, split)
-    images, labels, _ = load_image_folder(source, split, progress=progress)
-    return images, labels
-
-
-def _warmup_batches(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, seed: int):
-    """Random batches with horizontal flips, as the source training used."""
-    from edgeadapt.data import to_tensor
-
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        idx = rng.choice(len(labels), size=batch, replace=False)
-        x = to_tensor(images[idx], normalize=True)
-        flip = torch.from_numpy(rng.random(batch) < 0.5)
-        yield torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x), torch.from_numpy(labels[idx])
+    return shared_source()
 
 
 def with_input_statistics(
     overrides: dict[str, dict[str, Any]] | None,
 ) -> dict[str, dict[str, Any]]:
     """`overrides` plus the normalisation of `to_tensor(..., normalize=True)` for the methods
-    that augment (CoTTA, EcoTTA's teacher views): their views are taken on pixels in [0, 1],
+    that augment (CoTTA, RoTTA, EcoTTA's teacher views): their views are taken on pixels in [0, 1],
     and without these they would clamp normalised input to black and white."""
     ov = {m: dict(v) for m, v in (overrides or {}).items()}
-    for augmenting in ("cotta", "ecotta"):
+    for augmenting in ("cotta", "ecotta", "rotta"):
         ov.setdefault(augmenting, {}).update(input_mean=CIFAR_MEAN, input_std=CIFAR_STD)
     return ov
 
@@ -103,16 +84,38 @@ def run_cifar10c(
     progress: bool = True,
     log=print,
     state_dir: str | Path | None = None,
+    stream: str = "iid",
+    delta: float | None = None,
+    source_data: str | Path | SourceData | None = None,
+    no_warmup: bool = False,
 ) -> list[MethodResult]:
     """Run every method through the protocol. Domains come from CIFAR-10-C release files
-    (`release_dir`) or are generated from the clean test split of `clean_source`; the clean
-    train split of `clean_source` (when given) warms EcoTTA up and gives EATA its Fisher.
-    `state_dir`: save progress there and resume from it (`run_benchmark`)."""
-    from edgeadapt.data import stream_order, to_tensor
+    (`release_dir`) or are generated from the clean test split of `clean_source`.
+    `state_dir`: save progress there and resume from it (`run_benchmark`).
+
+    EcoTTA's warm-up and EATA's Fisher read labelled source images (`prepare_adapter`):
+    `source_data`, else the train split of `clean_source` when given, else the shared CIFAR-10
+    where present, else a `SourceDataError` before any data loads. `no_warmup` (or a count of 0)
+    skips them on purpose; each result's `setup` records what ran, and reports label a skipped
+    one "(no warm-up)" / "(no Fisher)".
+
+    `stream`: "iid" (one fixed shuffle, the same in every domain) or "correlated" (the
+    Dirichlet label-shift order of NOTE/RoTTA, drawn per domain, concentration `delta`,
+    default 0.1). Either way the images are the first `n_images` of the i.i.d. shuffle."""
+    from edgeadapt.data import check_stream, segment_orders, to_tensor
 
     _check_sizes(batch_size=batch_size, n_images=n_images, warmup_steps=warmup_steps,
                  fisher_images=fisher_images)  # fmt: skip
+    delta = check_stream(stream, delta)
     check_device(device)
+    # Where the setup's source images come from, before any data loads: missing ones fail now.
+    needs = methods_needing_source(methods, warmup_steps=warmup_steps, fisher_images=fisher_images,
+                                   no_warmup=no_warmup)  # fmt: skip
+    setup_source = None
+    if needs:
+        given = source_data if source_data is not None else clean_source
+        setup_source = find_source_data(given, needed_by=needs, option="source_data",
+                                        alternative="or clean_source")  # fmt: skip
     clean_source = clean_source or default_clean_source()
     source: DomainSource
     if release_dir is not None:
@@ -128,40 +131,31 @@ def run_cifar10c(
         )
     segments = make_protocol(protocol, corruptions, severity=severity, rounds=rounds)
     _, labels = source.get(segments[0].corruption, segments[0].severity)
-    order = stream_order(len(labels), seed)[: n_images or len(labels)]
+    orders = segment_orders(labels, len(segments), stream=stream, delta=delta, seed=seed,
+                            n_images=n_images)  # fmt: skip
 
-    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    records: dict[str, dict[str, Any]] = {}
 
-    def prepare(adapter) -> None:
-        wants = (hasattr(adapter, "warmup") and warmup_steps > 0) or (
-            hasattr(adapter, "compute_fisher") and fisher_images > 0
-        )
-        if clean_source is None or not wants:
-            return
-        if "train" not in cache:  # decoded once, only when a method needs source data
-            cache["train"] = load_clean_split(clean_source, "train", progress=progress)
-        train = cache["train"]
-        if hasattr(adapter, "warmup") and warmup_steps > 0:
-            log(f"EcoTTA warm-up: {warmup_steps} steps of {batch_size} clean training images")
-            adapter.warmup(
-                list(_warmup_batches(*train, warmup_steps, batch_size, seed)), progress=progress
-            )
-        if hasattr(adapter, "compute_fisher") and fisher_images > 0:
-            idx = np.random.default_rng(seed).choice(
-                len(train[1]), size=min(fisher_images, len(train[1])), replace=False
-            )
-            adapter.compute_fisher(
-                to_tensor(train[0][np.sort(c)], normalize=True) for c in _chunks(idx, batch_size)
-            )
+    def prepare(adapter) -> None:  # the source images are decoded once, for the first method
+        records[adapter.config.method] = prepare_adapter(
+            adapter, setup_source, warmup_steps=warmup_steps, fisher_images=fisher_images,
+            no_warmup=no_warmup, seed=seed, progress=progress, log=log,
+        )  # fmt: skip
 
-    return run_benchmark(
-        model, methods, segments, source, order=order, batch_size=batch_size,
+    results = run_benchmark(
+        model, methods, segments, source, order=orders, batch_size=batch_size,
         to_batch=lambda a: to_tensor(a, normalize=True), overrides=with_input_statistics(overrides),
         warmup=prepare,
         device=device, progress=progress, log=log, state_dir=state_dir, stream_id=stream_id,
+        stream=describe_stream(stream, delta, seed),
     )  # fmt: skip
+    for r in results:
+        # What each adapter started from; `edgeadapt.bench.report` labels and writes it.
+        r.setup = records.get(r.method, {})
+    return results
 
 
-def _chunks(idx: np.ndarray, size: int):
-    for i in range(0, len(idx), size):
-        yield idx[i : i + size]
+def describe_stream(stream: str, delta: float | None, seed: int) -> dict[str, Any]:
+    """What results record of the image order: {"order": "iid", "seed": 0}, or with "delta"
+    for the correlated stream."""
+    return {"order": stream, **({} if delta is None else {"delta": delta}), "seed": seed}

@@ -100,6 +100,7 @@ def run_demo(
     from edgeadapt.bench.runner import run_benchmark
     from edgeadapt.bench.sources import GeneratedSource
     from edgeadapt.data import to_tensor
+    from edgeadapt.setup_data import SourceData, prepare_adapter
 
     train_x, train_y, test_x, test_y = digits_dataset(seed)
     log(f"training a small ResNet on {len(train_y)} clean digits (32×32)...")
@@ -112,14 +113,19 @@ def run_demo(
         f"clean test error {clean_error:.1f}% on {len(test_y)} digits; now the corrupted stream (severity {severity})"
     )
 
-    warm = [
-        (to_tensor(train_x[i : i + 64], normalize=True), torch.from_numpy(train_y[i : i + 64]))
-        for i in range(0, len(train_y), 64)
-    ]
+    warm = SourceData.from_batches(
+        [
+            (to_tensor(train_x[i : i + 64], normalize=True), torch.from_numpy(train_y[i : i + 64]))
+            for i in range(0, len(train_y), 64)
+        ],
+        "the clean training digits",
+    )
+    records: dict[str, dict[str, Any]] = {}
 
-    def prepare(adapter) -> None:
-        if hasattr(adapter, "warmup"):
-            adapter.warmup(warm, epochs=3, lr=3e-3, progress=progress)
+    def prepare(adapter) -> None:  # EcoTTA: 3 epochs of warm-up; EATA: Fisher on the digits
+        records[adapter.config.method] = prepare_adapter(
+            adapter, warm, warmup_steps=3 * len(warm.batches), warmup_lr=3e-3, progress=progress
+        )
 
     segments = make_protocol("continual", list(corruptions), severity=severity)
     results = run_benchmark(
@@ -128,4 +134,6 @@ def run_demo(
         to_batch=lambda a: to_tensor(a, normalize=True), warmup=prepare, progress=progress, log=log,
         overrides=with_input_statistics(overrides),  # the digits are normalised as CIFAR is
     )  # fmt: skip
+    for r in results:
+        r.setup = records.get(r.method, {})
     return results, markdown_table(results)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeadapt.bench.runner import MethodResult, SegmentResult
+from edgeadapt.setup_data import setup_label
 
-__all__ = ["markdown_report", "markdown_table", "plot_results", "results_from_json", "rounds_table"]
+__all__ = [
+    "markdown_report",
+    "markdown_table",
+    "method_label",
+    "plot_results",
+    "results_from_json",
+    "rounds_table",
+    "setting_label",
+    "stream_label",
+]
 
 _SHORT = {
     "gaussian_noise": "gauss", "shot_noise": "shot", "impulse_noise": "impul", "defocus_blur": "defoc",
@@ -28,6 +39,12 @@ def _domains(result: MethodResult) -> list[str]:
     return [
         _SHORT.get(s.corruption, s.corruption) + (str(s.severity) if varies else "") for s in first
     ]
+
+
+def method_label(result: MethodResult) -> str:
+    """The method's name, with "(no warm-up)" / "(no Fisher)" where its setup was skipped."""
+    note = setup_label(result.setup)
+    return f"{result.method} ({note})" if note else result.method
 
 
 def markdown_table(results: Sequence[MethodResult]) -> str:
@@ -51,7 +68,7 @@ def markdown_table(results: Sequence[MethodResult]) -> str:
         last = [f"{np.mean([s.error for s in r.rounds()[-1]]):.1f}"] if multi else []
         mem = r.memory.get("adaptation", 0) / MIB
         row = [
-            r.method,
+            method_label(r),
             *first,
             f"**{r.mean_error:.1f}**",
             *last,
@@ -80,7 +97,8 @@ def rounds_table(results: Sequence[MethodResult]) -> str:
     for r in results:
         means = [float(np.mean([s.error for s in rd])) for rd in r.rounds()]
         cells = [f"{m:.2f}" for m in means] + [""] * (n - len(means))
-        lines.append("| " + " | ".join([r.method, *cells, f"{means[-1] - means[0]:+.2f}"]) + " |")
+        row = [method_label(r), *cells, f"{means[-1] - means[0]:+.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -99,11 +117,12 @@ def plot_results(results: Sequence[MethodResult], path: str | Path, title: str =
     markers = "osD^vP*Xh<>p"
     for i, r in enumerate(results):
         style = {"color": colours[i % len(colours)], "marker": markers[i % len(markers)]}
-        axes[0].plot(range(len(domains)), [s.error for s in r.rounds()[0]], label=r.method, **style)
+        label = method_label(r)
+        axes[0].plot(range(len(domains)), [s.error for s in r.rounds()[0]], label=label, **style)
         axes[1].scatter(r.memory.get("adaptation", 0) / MIB, r.mean_error, s=60, **style)
         if len(results) <= 8:  # more labels than that pile up; the legend names them
             axes[1].annotate(
-                r.method,
+                label,
                 (r.memory.get("adaptation", 0) / MIB, r.mean_error),
                 textcoords="offset points",
                 xytext=(5, 4),
@@ -111,7 +130,7 @@ def plot_results(results: Sequence[MethodResult], path: str | Path, title: str =
         axes[2].plot(
             range(1, len(r.rounds()) + 1),
             [np.mean([s.error for s in rd]) for rd in r.rounds()],
-            label=r.method,
+            label=label,
             **style,
         )
     axes[0].set_xticks(range(len(domains)), domains, rotation=60)
@@ -144,5 +163,28 @@ def results_from_json(payload: dict) -> list[MethodResult]:
             )
             for s in r["segments"]
         ]
-        out.append(MethodResult(r["method"], segments, r["memory"], r.get("setup_seconds", 0.0)))
+        # batch_size and stream are absent from files written before results recorded them.
+        setting = {"batch_size": r.get("batch_size"), "stream": r.get("stream") or {},
+                   "setup": r.get("setup")}  # fmt: skip
+        out.append(
+            MethodResult(r["method"], segments, r["memory"], r.get("setup_seconds", 0.0), **setting)
+        )
     return out
+
+
+def stream_label(stream: Mapping[str, Any]) -> str:
+    """How a title names the image order: "i.i.d.", "correlated δ=0.1", or the caller's own."""
+    if not stream:
+        return "order not recorded"  # a file written before results said
+    order = stream.get("order", "given")
+    if order == "iid":
+        return "i.i.d."
+    if "delta" in stream:
+        return f"{order} δ={stream['delta']:g}"
+    return f"{order} order"
+
+
+def setting_label(batch_size: int | None, stream: Mapping[str, Any]) -> str:
+    """The part of a title that says what an adapter saw per step: "batch 1, correlated δ=0.1"."""
+    batch = f"batch {batch_size}" if batch_size is not None else "batch not recorded"
+    return f"{batch}, {stream_label(stream)}"

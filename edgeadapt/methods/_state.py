@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+if TYPE_CHECKING:
+    from edgeadapt.modules.stream_norm import WindowSpec
 
 __all__ = [
     "architecture_digest",
@@ -20,6 +24,7 @@ __all__ = [
     "stochastic_restore",
     "tensor_digest",
     "use_batch_statistics",
+    "use_test_statistics",
     "weights_digest",
 ]
 
@@ -60,6 +65,24 @@ def use_batch_statistics(bn: _BatchNorm) -> None:
     bn.track_running_stats = False
 
 
+def use_test_statistics(bns: Sequence[_BatchNorm], window: WindowSpec | None) -> None:
+    """Make `bns` (in forward order) normalise with test statistics: over about the last
+    `window` samples of the stream (`edgeadapt.modules.stream_norm`; a pair grows the window
+    from the first BN to the last), or with None each batch's own alone (the published rule,
+    which needs batches of 2 or more)."""
+    from edgeadapt.modules.stream_norm import stream_windows, use_stream_statistics
+
+    if window is None:
+        for bn in bns:
+            use_batch_statistics(bn)
+        return
+    for bn, size in zip(bns, stream_windows(window, len(bns))):
+        if isinstance(bn, nn.BatchNorm2d):
+            use_stream_statistics(bn, size)
+        else:  # 1-d/3-d BNs: each batch's own statistics
+            use_batch_statistics(bn)
+
+
 def batchnorms_on_batch_stats(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training]
 
@@ -92,10 +115,10 @@ def source_statistics(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def per_group_batch_statistics(model: nn.Module, groups: int) -> Iterator[None]:
-    """BNs on batch statistics normalise each of `groups` equal, contiguous slices of the
-    batch with that slice's own statistics: one forward of G stacked batches computes what
+    """BNs on test statistics normalise each of `groups` equal, contiguous slices of the
+    batch with that slice's own statistics (mixed into the stream's, for stream BNs): one forward of G stacked batches computes what
     G separate forwards would (CoTTA's augmented views, in one pass on a big device)."""
-    touched = [m for m in batchnorms_on_batch_stats(model) if not m.track_running_stats]
+    touched = batchnorms_on_batch_stats(model)
     for m in touched:
         m.forward = _grouped_forward(m, groups)  # instance attribute: shadows the class method
     try:
@@ -106,8 +129,14 @@ def per_group_batch_statistics(model: nn.Module, groups: int) -> Iterator[None]:
 
 
 def _grouped_forward(bn: _BatchNorm, groups: int):
+    from edgeadapt.modules.stream_norm import StreamBatchNorm2d, stream_weight
+
     def forward(x: Tensor) -> Tensor:
         n, c = x.shape[0] // groups, x.shape[1]
+        if isinstance(bn, StreamBatchNorm2d) and stream_weight(n, bn.window) < 1:
+            # Each group mixed into the stream's statistics on its own, as separate forwards
+            # would (which update the stream only where the caller lets them).
+            return torch.cat([StreamBatchNorm2d.forward(bn, g) for g in x.chunk(groups)])
         # (G·N, C, ...) -> (N, G·C, ...): each group's channels become channels of their own.
         folded = (
             x.reshape(groups, n, *x.shape[1:]).transpose(0, 1).reshape(n, groups * c, *x.shape[2:])

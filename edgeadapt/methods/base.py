@@ -121,7 +121,19 @@ class Adapter(nn.Module):
             prefix = f"{mod_name}." if mod_name else ""
             keys += [prefix + n for n, p in own if p.requires_grad]
             keys += [prefix + n for n, b in module.named_buffers(recurse=False) if b is not None]
-        return keys
+        return keys + [k for k in self.stream_statistics_keys() if k not in keys]
+
+    def stream_statistics_keys(self) -> list[str]:
+        """State-dict keys of the statistics BNs on stream statistics keep: what the stream
+        has taught them, so part of what adaptation changes even where nothing trains."""
+        from edgeadapt.modules.stream_norm import StreamBatchNorm2d
+
+        return [
+            f"{name}.{buffer}"
+            for name, m in self.named_modules()
+            if isinstance(m, StreamBatchNorm2d)
+            for buffer in ("running_mean", "running_var")
+        ]
 
     # ---- the step loop ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -130,18 +142,23 @@ class Adapter(nn.Module):
             return self.predict(x)
         if self.config.episodic:
             self.reset()
-        if x.shape[0] < 2 and batchnorms_on_batch_stats(self):
+        if (
+            x.shape[0] < 2
+            and self.config.small_batch != "adapt"
+            and batchnorms_on_batch_stats(self)
+        ):
             if self.config.small_batch == "error":
                 raise BatchTooSmallError(
-                    f"a batch of {x.shape[0]}: {self.config.method!r} normalises with test-batch "
-                    "statistics, which one sample cannot give. Send batches of 2 or more (16+ "
-                    "adapts well), or wrap with small_batch='predict' to predict such batches "
-                    "with the source statistics, without adapting."
+                    f"a batch of {x.shape[0]}: {self.config.method!r} is set to refuse single "
+                    "frames (small_batch='error'). Keep the default small_batch='adapt' (with "
+                    "a stat_window) to adapt on the stream's statistics, or wrap with "
+                    "small_batch='predict' to predict such batches without adapting."
                 )
             with source_statistics(self), torch.no_grad():
                 return self.predict(x)
-        if self.optimizer is None:
-            return self.predict(x)
+        if self.optimizer is None:  # nothing trains; BNs on stream statistics still follow it
+            with torch.no_grad():
+                return self.model(x)
         logits = x
         for _ in range(self.config.steps):
             logits = self._step(x)
@@ -320,6 +337,9 @@ class Adapter(nn.Module):
             "architecture": self._architecture,
             "weights": self._weights,
             "state": self.adapter_state_dict(),
+            # What the adapter started from (edgeadapt.setup_data): plain types, so a
+            # weights_only load reads it.
+            "setup": getattr(self, "setup_record", None),
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -359,6 +379,7 @@ class Adapter(nn.Module):
                 "wrap with the saved config (edgeadapt.load_adapter does)"
             )
         self.load_adapter_state_dict(payload["state"])
+        self.setup_record = payload.get("setup")  # files from before it was saved have none
         if as_reset_point:
             self.snapshot()
 

@@ -22,7 +22,7 @@ from edgeadapt.methods._state import (
     no_running_stat_updates,
     per_group_batch_statistics,
     stochastic_restore,
-    use_batch_statistics,
+    use_test_statistics,
 )
 from edgeadapt.methods.base import Adapter
 
@@ -34,9 +34,8 @@ class CoTTAAdapter(Adapter):
 
     def configure(self, model: nn.Module, example_input: Tensor) -> nn.Module:
         model.eval()
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                use_batch_statistics(m)
+        bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        use_test_statistics(bns, self.config.stat_window)
         model.requires_grad_(True)
         self.anchor = copy.deepcopy(model).requires_grad_(False)  # the source model, kept as is
         self.teacher = copy.deepcopy(model).requires_grad_(False)  # EMA of the student
@@ -47,7 +46,8 @@ class CoTTAAdapter(Adapter):
 
     def adapter_state_keys(self) -> list[str]:
         state = self.state_dict()
-        return [k for k in state if k.startswith(("model.", "teacher."))]
+        keys = [k for k in state if k.startswith(("model.", "teacher."))]
+        return keys + [k for k in self.stream_statistics_keys() if k not in keys]  # the anchor's
 
     def predict(self, x: Tensor) -> Tensor:
         with torch.no_grad(), no_running_stat_updates(self.teacher):
@@ -64,11 +64,13 @@ class CoTTAAdapter(Adapter):
             if c.augmentations == 0 or confidence.mean() >= c.confidence_threshold:
                 return teacher_logits
             total = torch.zeros_like(teacher_logits)
-            for start in range(0, c.augmentations, c.views_per_pass):
-                count = min(c.views_per_pass, c.augmentations - start)
-                batch = augmented_views(x, self.generator, count, c.input_mean, c.input_std)
-                with per_group_batch_statistics(self.teacher, count):
-                    total += self.teacher(batch).view(count, *teacher_logits.shape).sum(0)
+            # The views are not frames of the stream: they leave its statistics alone.
+            with no_running_stat_updates(self.teacher):
+                for start in range(0, c.augmentations, c.views_per_pass):
+                    count = min(c.views_per_pass, c.augmentations - start)
+                    batch = augmented_views(x, self.generator, count, c.input_mean, c.input_std)
+                    with per_group_batch_statistics(self.teacher, count):
+                        total += self.teacher(batch).view(count, *teacher_logits.shape).sum(0)
             return total / c.augmentations
 
     def loss(self, x: Tensor) -> tuple[Tensor | None, Tensor]:

@@ -41,9 +41,10 @@ from edgeadapt.methods._augment import augmented_views
 from edgeadapt.methods._state import (
     no_running_stat_updates,
     stochastic_restore,
-    use_batch_statistics,
+    use_test_statistics,
 )
 from edgeadapt.methods.base import Adapter
+from edgeadapt.modules.int8 import round_frozen_convs_to_int8
 from edgeadapt.modules.lean import make_lean
 from edgeadapt.modules.meta import MetaConvBlock, MetaPart
 from edgeadapt.modules.partition import attach_meta_parts, auto_parts, resolve_parts
@@ -58,10 +59,8 @@ class EcoTTAAdapter(Adapter):
         c = self.config
         model.eval()
         model.requires_grad_(False)
-        if c.frozen_bn == "batch":
-            for m in model.modules():
-                if isinstance(m, _BatchNorm):
-                    use_batch_statistics(m)
+        if c.frozen_weights == "int8":  # before the meta networks exist: they stay fp32
+            round_frozen_convs_to_int8(model)
         if c.parts is not None:
             parts = resolve_parts(model, c.parts, example_input)
         else:
@@ -69,10 +68,21 @@ class EcoTTAAdapter(Adapter):
         with torch.random.fork_rng(devices=[]):  # meta-network init follows the config's seed
             torch.manual_seed(c.seed)
             self.part_names = attach_meta_parts(model, parts, c.meta_kernel_size, c.recompute)
+        meta_bns = set()
         for part in _meta_parts(model):
             for net in (part.adapter_bn, part.adapter_conv):
                 net.requires_grad_(True)
                 net.train()
+            meta_bns |= {part.adapter_bn, part.adapter_conv.bn}
+        # The meta BNs normalise over the stream too (with the frozen ones on "batch"), so a
+        # single frame is not normalised by itself, which erases it after pooling. With no
+        # window they stay ordinary BNs: each batch's own statistics, running ones tracked.
+        bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        if c.stat_window is not None:
+            streamed = bns if c.frozen_bn == "batch" else [m for m in bns if m in meta_bns]
+            use_test_statistics(streamed, c.stat_window)
+        elif c.frozen_bn == "batch":
+            use_test_statistics([m for m in bns if m not in meta_bns], None)
         if c.lean:
             make_lean(model, skip=(MetaConvBlock,))
         # H0 of the sample weights, and the filter (which memory planning opens to every sample).
@@ -95,23 +105,30 @@ class EcoTTAAdapter(Adapter):
 
     def _forward_with_parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits, and the self-distilled term: mean L1 between each part's adapted output and
-        its frozen output (the frozen part applied to the same adapted input)."""
-        pairs: list[list[Tensor]] = []
+        its frozen output (the frozen part applied to the same adapted input).
+
+        Each part's term is taken as soon as the part has run, so its frozen output is freed
+        there and then: holding all of them to the end of the forward was most of the step's
+        peak memory."""
+        terms: list[Tensor] = []
         handles = []
         for part in _meta_parts(self.model):
-            slot: list[Tensor] = []
-            pairs.append(slot)
+            frozen: list[Tensor] = []
             handles.append(
-                part.frozen.register_forward_hook(lambda _m, _a, out, s=slot: s.append(out))
+                part.frozen.register_forward_hook(lambda _m, _a, out, f=frozen: f.append(out))
             )
-            handles.append(part.register_forward_hook(lambda _m, _a, out, s=slot: s.append(out)))
+            handles.append(
+                part.register_forward_hook(
+                    lambda _m, _a, out, f=frozen: terms.append(lean_l1(out, f.pop()))
+                )
+            )
         try:
             logits = self.model(x)
         finally:
             for h in handles:
                 h.remove()
-        reg = sum((lean_l1(adapted, frozen) for frozen, adapted in pairs), torch.zeros(()))
-        return logits, reg / max(len(pairs), 1)
+        reg = sum(terms, torch.zeros(()))
+        return logits, reg / max(len(terms), 1)
 
     def loss(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         if self.config.teacher_momentum is not None:
@@ -266,9 +283,10 @@ class EcoTTAAdapter(Adapter):
                 p.adapter_bn.reset_running_stats()
                 p.adapter_bn.reset_parameters()
             device = next(self.parameters()).device
-            for x, _ in batches:
-                self._validate(x)
-                self.model(x.to(device))
+            with no_running_stat_updates(self.model):  # a measurement: the stream is untouched
+                for x, _ in batches:
+                    self._validate(x)
+                    self.model(x.to(device))
         finally:
             for h in handles:
                 h.remove()

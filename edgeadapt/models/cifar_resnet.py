@@ -8,7 +8,11 @@ akamaster/pytorch_resnet_cifar10 so its checkpoints (and ours fine-tuned from th
 The layout serves the rest of the SDK:
 - every activation is its own `nn.ReLU` module, so memory-lean versions can be swapped in;
 - stages are `nn.Sequential`s of blocks, so a backbone can be cut at names like ``"layer2.1"``;
-- pooling is a plain mean in `forward`, which saves nothing for backward.
+- pooling is a plain mean in `forward`, which saves nothing for backward;
+- for memory only (the numbers are the same): the stem is a `frozen_prefix`, whose output a
+  recomputing consumer rebuilds from the image; blocks name their layers (`residual_layers`)
+  for a hand-written frozen backward; a forward without a graph frees each layer's input
+  as soon as it has run and sums the shortcut in place.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import nn
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models._registry import register_model
+from edgeadapt.modules.lean import frozen_prefix
 from edgeadapt.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -87,6 +92,12 @@ class PadShortcut(nn.Module):
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
 
+    def add_input_grad(self, grad_x: torch.Tensor, grad_out: torch.Tensor) -> None:
+        """grad_x += the gradient of the input given the output's, in place (no temporary
+        of either size; `edgeadapt.modules.frozen_block`)."""
+        kept = grad_out[:, self.pad_front : grad_out.shape[1] - self.pad_back]
+        grad_x[:, :, :: self.stride, :: self.stride].add_(kept)
+
     def extra_repr(self) -> str:
         return f"stride={self.stride}, pad=({self.pad_front}, {self.pad_back})"
 
@@ -108,10 +119,25 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        # Out of place: an in-place add would clobber a tensor a swapped-in activation may keep.
-        return self.relu2(out + self.shortcut(x))
+        # One statement a layer, so that each layer's input is freed as soon as it has run.
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu1(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        shortcut = self.shortcut(x)
+        graph = torch.is_grad_enabled() and (out.requires_grad or shortcut.requires_grad)
+        if graph or type(out) is not torch.Tensor or out is x:
+            # Out of place with a graph (a memory-lean BN may keep its output for backward),
+            # while tracing (export), or if the layers were all identities.
+            return self.relu2(out + shortcut)
+        # No graph: the sum in place (the same numbers, one feature map fewer).
+        return self.relu2(out.add_(shortcut))
+
+    def residual_layers(self) -> tuple[list[nn.Module], nn.Module, nn.Module]:
+        """(chain, shortcut, post): forward is post(chain(x) + shortcut(x)), the chain's layers
+        applied in turn (`edgeadapt.modules.frozen_block` back-propagates it frozen)."""
+        return [self.conv1, self.bn1, self.relu1, self.conv2, self.bn2], self.shortcut, self.relu2
 
 
 class CifarResNet(nn.Module):
@@ -165,10 +191,33 @@ class CifarResNet(nn.Module):
         self.apply(_kaiming_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        # A frozen stem's output can be rebuilt from x in backward rather than kept (EcoTTA).
+        out = frozen_prefix(x, self.conv1, self.bn1, self.relu)
         for index in range(len(self.widths)):
-            out = getattr(self, f"layer{index + 1}")(out)
+            stage = getattr(self, f"layer{index + 1}")
+            if type(stage) is nn.Sequential and not _has_hooks(stage):
+                # Block by block here, so that each block's input is freed once the block has
+                # run; a stage called as a whole would hold its input until its last block.
+                for block in stage:
+                    out = block(out)
+            else:
+                out = stage(out)
         return self.linear(out.mean(dim=(2, 3)))
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    """Whether calling `m` would run hooks (its own or global ones), which calling its children
+    one by one would skip."""
+    from torch.nn.modules import module as mod
+
+    own = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
+    every = (
+        mod._global_forward_hooks,
+        mod._global_forward_pre_hooks,
+        mod._global_backward_hooks,
+        mod._global_backward_pre_hooks,
+    )
+    return any(own) or any(every)
 
 
 def _check_positive(name: str, value: object) -> None:

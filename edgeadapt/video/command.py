@@ -31,7 +31,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         "source", help="video file, image folder, glob of images, or a camera index (0, 1, ...)"
     )
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--checkpoint", default=None, help="backbone weights")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the backbone's trained weights (required unless --delta-weights holds them)",
+    )
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--delta", action="store_true", help="predict with the delta runtime")
     p.add_argument(
@@ -44,6 +48,21 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--adapt", default=None, help="test-time adaptation on the stream: ecotta, tent, norm, ..."
     )
     p.add_argument("--adapt-batch", type=int, default=8, help="frames per adaptation step")
+    p.add_argument(
+        "--source-data",
+        default=None,
+        help="--adapt ecotta/eata: labelled source images for the warm-up (EATA: its Fisher), "
+        "of the frames' --size: an image folder or .tar.gz with train/<class>/*, or the "
+        "CIFAR-10 python release; default: the shared CIFAR-10 JPEG archive where present",
+    )
+    p.add_argument(
+        "--warmup-steps", type=int, default=500, help="--adapt ecotta: warm-up steps of 64 images"
+    )
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="--adapt ecotta/eata without warm-up or Fisher (the summary says so)",
+    )
     p.add_argument("--size", type=int, default=32, help="frames are fitted to size×size")
     p.add_argument("--fit", choices=("crop", "squash"), default="crop")
     p.add_argument("--limit", type=int, default=None, help="at most this many frames")
@@ -71,20 +90,96 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model or frame, before any slow work."""
+    from edgeadapt._cli_args import at_least, in_range, input_file, output_file
+    from edgeadapt.errors import ConfigError, UnknownNameError
+    from edgeadapt.models import get_model_entry
+
+    try:
+        get_model_entry(args.model)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"--model: {exc}") from exc
+    if args.adapt is not None:
+        from edgeadapt.api import list_methods
+
+        if args.adapt not in list_methods():
+            raise UnknownNameError(
+                f"--adapt {args.adapt!r} is unknown; available: {list_methods()}"
+            )
+        # Single frames adapt too: the adapters' BNs normalise on the stream's statistics.
+        at_least(args.adapt_batch, 1, "--adapt-batch", " (frames per adaptation step)")
+    at_least(args.num_classes, 1, "--num-classes")
+    # 2**bits - 1 quantiser levels; float32 activations resolve no more than 24 bits.
+    in_range(args.bits, 1, 24, "--bits")
+    at_least(args.size, 1, "--size")
+    at_least(args.start, 0, "--start")
+    at_least(args.stride, 1, "--stride")
+    if args.delta or args.adapt:  # both calibrate on the first frames, which takes two
+        at_least(args.limit, 2, "--limit", " with --delta or --adapt (they calibrate on 2 frames)")
+    at_least(args.limit, 1, "--limit")
+    in_range(args.input_threshold, 0.0, 255.0, "--input-threshold", high_open=True)
+    in_range(args.scene_cut_threshold, 0.0, 1.0, "--scene-cut-threshold")
+    negative = [i for i in args.cut_at if i < 0]
+    if negative:
+        raise ConfigError(f"--cut-at takes frame indices >= 0, got {negative}")
+    if args.delta_weights and not args.delta:
+        raise ConfigError("--delta-weights needs --delta")
+    input_file(args.delta_weights, "--delta-weights")
+    output_file(args.json, "--json")
+    if args.checkpoint is None and args.delta_weights is None:
+        # Untrained weights predict at chance, their deltas and adaptation mean nothing, and
+        # the summary would look like a result all the same.
+        raise ConfigError(
+            f"stream needs the trained weights of --model {args.model}: pass --checkpoint PATH "
+            "(e.g. ../shared/models/resnet20_cifar10jpeg.pt for resnet20), or --delta "
+            "--delta-weights PATH (a deltaified model's whole state)"
+        )
+    input_file(args.checkpoint, "--checkpoint")
+    _check_setup_args(args)
+
+
+def _check_setup_args(args: argparse.Namespace) -> None:
+    """--source-data, --warmup-steps, --no-warmup: only for an --adapt method with a setup."""
+    from edgeadapt._cli_args import at_least, input_file
+    from edgeadapt.errors import ConfigError
+    from edgeadapt.setup_data import setup_kinds
+
+    given = [f for f, on in (("--source-data", args.source_data), ("--no-warmup", args.no_warmup),
+                             ("--warmup-steps", args.warmup_steps != 500)) if on]  # fmt: skip
+    if given and (args.adapt is None or not setup_kinds(args.adapt)):
+        now = f"--adapt {args.adapt}" if args.adapt else "no --adapt"
+        raise ConfigError(f"{', '.join(given)}: only for --adapt ecotta or eata (methods with "
+                          f"a setup on source data); got {now}")  # fmt: skip
+    if args.source_data and args.no_warmup:
+        raise ConfigError("--source-data and --no-warmup exclude each other; pass one")
+    input_file(args.source_data, "--source-data", folder_ok=True)
+    at_least(args.warmup_steps, 1, "--warmup-steps", " (--no-warmup skips the warm-up)")
+
+
+def _setup_source(args: argparse.Namespace):
+    """The source images --adapt's setup reads, or None when none runs (before any frame)."""
+    from edgeadapt.setup_data import find_source_data, methods_needing_source
+
+    if args.adapt is None or not methods_needing_source([args.adapt], no_warmup=args.no_warmup):
+        return None
+    return find_source_data(args.source_data, needed_by=[args.adapt], option="--source-data",
+                            skip="--no-warmup")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     """Open the source, build the model, stream, print the summary; 0 on success."""
     import torch
     from tqdm.auto import tqdm
 
     from edgeadapt.delta import DeltaRuntimeConfig
-    from edgeadapt.errors import ConfigError
     from edgeadapt.models import create_model
     from edgeadapt.video.sources import open_frames
     from edgeadapt.video.streaming import stream
     from edgeadapt.video.summary import per_frame_table, summarize
 
-    if args.delta_weights and not args.delta:
-        raise ConfigError("--delta-weights needs --delta")
+    _check_args(args)
+    setup_source = _setup_source(args)
     source = open_frames(
         args.source, size=args.size, fit=args.fit, limit=args.limit, stride=args.stride,
         start=args.start,
@@ -93,12 +188,13 @@ def run(args: argparse.Namespace) -> int:
     delta_state = None
     if args.delta_weights:
         delta_state = torch.load(args.delta_weights, map_location="cpu", weights_only=True)
-    results = []
+    results, setups = [], []
     frames = stream(
         source, model, delta=args.delta, adapt=args.adapt, batch_size=args.adapt_batch,
         compare_dense=args.compare_dense, input_threshold=args.input_threshold,
         runtime_config=DeltaRuntimeConfig(scene_cut_threshold=args.scene_cut_threshold),
         cut_at=args.cut_at, delta_state=delta_state, bits=args.bits,
+        **_setup_options(args, setup_source, setups),
     )  # fmt: skip
     with tqdm(frames, total=args.limit, desc="stream", unit="frame", disable=args.quiet) as bar:
         for r in bar:
@@ -106,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(ms=f"{r.latency_s * 1e3:.1f}", refresh=False)
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     summary = summarize(results, **settings)
+    if setups:  # what the adapter started from, beside what it did
+        from edgeadapt.setup_data import describe_setup
+
+        summary["adapter_setup"] = {"setup": setups[0], "summary": describe_setup(setups[0])}
     print(_format(summary))
     if args.json:
         payload = {**summary, "per_frame": per_frame_table(results)}
@@ -113,6 +213,13 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _setup_options(args: argparse.Namespace, setup_source, setups: list) -> dict:
+    if args.adapt is None:
+        return {}
+    return {"source_data": setup_source, "warmup_steps": args.warmup_steps,
+            "no_warmup": setup_source is None, "on_setup": setups.append}  # fmt: skip
 
 
 def _format(summary: dict) -> str:
@@ -136,4 +243,6 @@ def _format(summary: dict) -> str:
     if "adaptation" in summary:
         a = summary["adaptation"]
         lines.append(f"adaptation steps {a['steps']}, mean {a['mean_ms']:.1f} ms")
+    if "adapter_setup" in summary:
+        lines.append(f"adapter setup: {summary['adapter_setup']['summary']}")
     return "\n".join(lines)

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from edgeadapt.config import AdaptConfig
 from edgeadapt.delta import DeltaRuntimeConfig, delta_activations, deltaify
 from edgeadapt.delta.structure import deltaify_modules, strip_delta
 from edgeadapt.errors import CheckpointMismatchError, ConfigError, InputError, PartitionError
+from edgeadapt.setup_data import find_source_data, methods_needing_source, prepare_adapter
 from edgeadapt.video._engines import DeltaEngine, DenseEngine
 from edgeadapt.video.preprocess import (
     IMAGENET_MEAN,
@@ -128,18 +130,30 @@ def stream(
     layer_stats: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    source_data: Any = None,
+    warmup_steps: int = 500,
+    no_warmup: bool = False,
+    on_setup: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[FrameResult]:
     """Yield a `FrameResult` per uint8 (H, W, 3) frame; see the module docstring.
 
-    `adapt` is a method name, a config, or a ready adapter (e.g. after `warmup`; with
+    `adapt` is a method name, a config, or a ready adapter (e.g. after `prepare_adapter`; with
     `delta` its model must already be deltaified). `delta_state` is a state dict saved from
     a deltaified copy of `model` (e.g. by `edgeadapt.delta.distill.save_delta_weights`),
     loaded after deltaify. `model` is never modified.
+
+    An adapter made here gets its method's setup on source data before the first frame
+    (`edgeadapt.setup_data.prepare_adapter`: EcoTTA's warm-up of `warmup_steps`, EATA's
+    Fisher) from `source_data` (a path, `SourceData` or tensor batches; images of the
+    frames' size, normalised with `mean`/`std`), else the shared CIFAR-10 where present, else
+    `SourceDataError` before any frame is read; `no_warmup` skips it on purpose.
+    `on_setup(record)` receives what ran (also `adapter.setup_record`).
     """
     if adapt is not None and batch_size < 2:
         raise ConfigError(f"adaptation needs batches of 2 or more frames, got {batch_size}")
     if calibration_frames < 2:
         raise ConfigError(f"calibration_frames must be >= 2, got {calibration_frames}")
+    setup_source = _setup_source(adapt, source_data, warmup_steps, no_warmup)
     it = iter(frames)
     needs_deltaify = delta and not delta_activations(model)
     needs_example = needs_deltaify or (adapt is not None and not _is_adapter(adapt))
@@ -159,6 +173,13 @@ def stream(
     elif delta_state is not None:
         raise ConfigError("delta_state needs delta=True and a model without quantisers")
     adapter = _make_adapter(base, adapt, example, mean, std) if adapt is not None else None
+    if adapter is not None and adapter is not adapt:
+        record = prepare_adapter(
+            adapter, setup_source, warmup_steps=warmup_steps, no_warmup=setup_source is None,
+            input_size=example.shape[2:], mean=mean, std=std, progress=False,
+        )  # fmt: skip
+        if on_setup is not None:
+            on_setup(record)
     work = adapter.model if adapter is not None else base
     if delta and not delta_activations(work):
         raise ConfigError("delta=True needs the adapter's model to be deltaified")
@@ -212,6 +233,26 @@ def stream(
                 if reference is not None and delta:
                     reference.refresh(strip_delta(adapter.model))
         yield result
+
+
+def _setup_source(adapt: object, source_data: Any, warmup_steps: int, no_warmup: bool):
+    """The source images the setup of the adapter made here reads, or None when none runs."""
+    if adapt is None or _is_adapter(adapt):
+        if source_data is not None or no_warmup:
+            raise ConfigError(
+                "source_data and no_warmup apply to an adapter stream() makes (adapt= a name or "
+                "config); prepare a ready adapter with edgeadapt.setup_data.prepare_adapter"
+            )
+        return None
+    if warmup_steps < 0:
+        raise ConfigError(f"warmup_steps must be >= 0 (0 skips the warm-up), got {warmup_steps}")
+    method = adapt.method if isinstance(adapt, AdaptConfig) else str(adapt)
+    needs = methods_needing_source([method], warmup_steps=warmup_steps, no_warmup=no_warmup)
+    if no_warmup and source_data is not None:
+        raise ConfigError("source_data and no_warmup exclude each other; pass one")
+    if not needs:
+        return None
+    return find_source_data(source_data, needed_by=needs, option="source_data")
 
 
 def _load_delta_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

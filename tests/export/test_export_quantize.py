@@ -45,8 +45,8 @@ def _parse(argv):
 def test_command_exports_onnx_and_writes_json(tmp_path):
     out = tmp_path / "r.json"
     args = _parse(
-        ["--model", "tiny_resnet", "--method", "tent", "--format", "onnx", "--batch", "4",
-         "--input-size", "16", "--out", str(tmp_path), "--json", str(out)]
+        ["--model", "tiny_resnet", "--random-weights", "--method", "tent", "--format", "onnx",
+         "--batch", "4", "--input-size", "16", "--out", str(tmp_path), "--json", str(out)]
     )  # fmt: skip
     assert args.func(args) == 0
     report = json.loads(out.read_text())
@@ -85,8 +85,8 @@ def test_command_reports_a_program_that_does_not_fit(tmp_path):
     small.write_text(text.replace("bytes = 262144", "bytes = 2048"))
     out = tmp_path / "r.json"
     args = _parse(
-        ["--model", "tiny_resnet", "--backend", "portable", "--batch", "2", "--input-size", "16",
-         "--device", str(small), "--out", str(tmp_path), "--json", str(out)]
+        ["--model", "tiny_resnet", "--random-weights", "--backend", "portable", "--batch", "2",
+         "--input-size", "16", "--device", str(small), "--out", str(tmp_path), "--json", str(out)]
     )  # fmt: skip
     assert args.func(args) == 3
     report = json.loads(out.read_text())

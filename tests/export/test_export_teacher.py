@@ -99,8 +99,9 @@ def test_command_exports_the_teacher_option(tmp_path, capsys):
     register(parser.add_subparsers(dest="command"))
     settings = json.dumps({"teacher_momentum": 0.999, "teacher_views": 2})
     args = parser.parse_args(
-        ["export", "--model", "tiny_resnet", "--method", "ecotta", "--settings", settings,
-         "--program", "adapt", "--batch", "4", "--input-size", "16", "--out", str(tmp_path)]
+        ["export", "--model", "tiny_resnet", "--random-weights", "--method", "ecotta",
+         "--settings", settings, "--program", "adapt", "--batch", "4", "--input-size", "16",
+         "--out", str(tmp_path)]
     )  # fmt: skip
     assert args.func(args) == 0
     runner = TrainingRunner(tmp_path / "tiny_resnet_ecotta_adapt.pte", lr=LR)

@@ -78,6 +78,15 @@ def tiny_net() -> torch.nn.Module:
     return create_model("tiny_resnet").eval()
 
 
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, tiny_net: torch.nn.Module) -> Path:
+    """`tiny_net`'s weights as a --checkpoint file (`edgeadapt stream` refuses to run without
+    trained weights; for the tests, seeded random ones stand in)."""
+    path = tmp_path / "tiny_resnet.pt"
+    torch.save(tiny_net.state_dict(), path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models: a thread pool only adds sync overhead on a busy 2-core box."""

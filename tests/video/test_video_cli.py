@@ -7,11 +7,14 @@ import json
 from edgeadapt.cli import main
 
 
-def test_stream_command_writes_the_summary_and_per_frame_records(mp4, tmp_path, capsys):
+def test_stream_command_writes_the_summary_and_per_frame_records(
+    mp4, tiny_checkpoint, tmp_path, capsys
+):
     out = tmp_path / "out.json"
     code = main(
-        ["stream", str(mp4), "--model", "tiny_resnet", "--delta", "--adapt", "ecotta",
-         "--adapt-batch", "4", "--compare-dense", "--cut-at", "6", "--json", str(out), "--quiet"]
+        ["stream", str(mp4), "--model", "tiny_resnet", "--checkpoint", str(tiny_checkpoint),
+         "--delta", "--adapt", "ecotta", "--no-warmup", "--adapt-batch", "4", "--compare-dense",
+         "--cut-at", "6", "--json", str(out), "--quiet"]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
@@ -24,7 +27,10 @@ def test_stream_command_writes_the_summary_and_per_frame_records(mp4, tmp_path, 
     assert report["nonzero_delta_per_layer"]
 
 
-def test_stream_command_reports_a_missing_source_without_a_traceback(tmp_path, capsys):
-    code = main(["stream", str(tmp_path / "missing.mp4"), "--model", "tiny_resnet"])
+def test_stream_command_reports_a_missing_source_without_a_traceback(
+    tiny_checkpoint, tmp_path, capsys
+):
+    code = main(["stream", str(tmp_path / "missing.mp4"), "--model", "tiny_resnet",
+                 "--checkpoint", str(tiny_checkpoint)])  # fmt: skip
     assert code == 2
     assert "no such video file" in capsys.readouterr().err
