@@ -6,7 +6,8 @@ Layers, bottom up (each imports only those below it; docs/bridge-protocol.md is 
 - `transport`  -- pyserial URLs (`SerialTransport`), an in-memory null modem, a hex logger
 - `cobs`, `framing` -- COBS + CRC-32 frames; `FrameDecoder` resyncs after garbage
 - `messages`   -- one frozen dataclass per message with a `struct` layout
-- `link`, `transfer`, `streaming`, `client` -- retries and timeouts; `BridgeClient`
+- `link`, `transfer`, `streaming`, `client` -- sessions, retries, keep-alives; `BridgeClient`
+- `flash`      -- a device's non-volatile store (memory or a folder), atomic activation
 - `fake_device` -- a protocol test double (not the emulator)
 - `discover`   -- find boards by USB VID/PID
 
@@ -22,10 +23,12 @@ from .errors import (
     BridgeTimeoutError,
     CrcError,
     DeviceError,
+    DeviceRestartedError,
     FramingError,
     MessageError,
     OversizeFrameError,
     ProtocolError,
+    SessionLostError,
     TransportError,
     VersionMismatchError,
 )
@@ -38,6 +41,7 @@ from .protocol import (
     MsgType,
     ResetKind,
     Target,
+    UploadState,
 )
 from .transport import LoggingTransport, NullModemEnd, SerialTransport, null_modem_pair
 
@@ -50,6 +54,7 @@ __all__ = [
     "CrcError",
     "DeviceError",
     "DeviceMatch",
+    "DeviceRestartedError",
     "ErrorCode",
     "FakeDevice",
     "Frame",
@@ -63,8 +68,10 @@ __all__ = [
     "ProtocolError",
     "ResetKind",
     "SerialTransport",
+    "SessionLostError",
     "Target",
     "TransportError",
+    "UploadState",
     "VersionMismatchError",
     "decode_frame",
     "discover",

@@ -1,4 +1,5 @@
-"""Session and housekeeping messages: HELLO, DEVICE_INFO, STATS, RESET, ACK, NAK, ERROR."""
+"""Session and housekeeping messages: HELLO, DEVICE_INFO, STATS, RESET, ACK, NAK,
+IN_PROGRESS, ERROR."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ __all__ = [
     "ErrorReport",
     "GetStats",
     "Hello",
+    "InProgress",
     "Nak",
     "Reset",
     "Stats",
@@ -37,7 +39,7 @@ class DeviceInfo(Message):
     """Reply to HELLO. `version` is first so a host of any version can read it."""
 
     TYPE = MsgType.DEVICE_INFO
-    LAYOUT = _s("BHIIIII")
+    LAYOUT = _s("BHIIIIIIIIIH")
     TAIL = "text"
     TAIL_MAX = MAX_PROFILE_NAME
     version: int
@@ -45,8 +47,13 @@ class DeviceInfo(Message):
     capabilities: int
     ram_bytes: int
     flash_bytes: int
-    program_crc: int  # CRC-32 of the active program, 0 when none
-    adapter_crc: int  # CRC-32 of the active adapter blob, 0 when none
+    program_crc: int  # CRC-32 of the active inference program, 0 when none
+    training_crc: int  # CRC-32 of the active training program, 0 when none
+    adapter_crc: int  # CRC-32 of the committed adapter blob (last SET_ADAPTER), 0 when none
+    adapter_step: int  # ADAPT steps since the adapter was committed or reset
+    boot_id: int  # random per boot, never 0: a new value means the device restarted
+    session: int  # opened by this HELLO, never 0; every later request names it
+    keepalive_ms: int  # a busy device sends IN_PROGRESS at least this often (0: never)
     profile: str = ""
 
 
@@ -75,8 +82,9 @@ class Stats(Message):
 @dataclass(frozen=True)
 class Reset(Message):
     TYPE = MsgType.RESET
-    LAYOUT = _s("B")
+    LAYOUT = _s("BI")
     kind: int
+    request_id: int = 0  # idempotency key (0: none)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,17 @@ class Nak(Message):
     TYPE = MsgType.NAK
     LAYOUT = _s("B")
     reason: int
+
+
+@dataclass(frozen=True)
+class InProgress(Message):
+    """Keep-alive, same seq as the request: still working, expect the next frame within
+    `estimate_ms` (the device's estimate; the host adds its own timeout to it)."""
+
+    TYPE = MsgType.IN_PROGRESS
+    LAYOUT = _s("II")
+    elapsed_ms: int  # since the device started on the request
+    estimate_ms: int  # until its next frame for this request: another IN_PROGRESS or the answer
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ __all__ = [
     "AdaptResult",
     "AdapterChunk",
     "GetAdapter",
+    "GetUpload",
     "Infer",
     "InferResult",
     "StreamCredit",
@@ -23,6 +24,7 @@ __all__ = [
     "UploadBegin",
     "UploadChunk",
     "UploadCommit",
+    "UploadOutcome",
     "UploadStatus",
 ]
 
@@ -52,9 +54,10 @@ class UploadCommit(Message):
     """Activate the staged upload if it is complete and its CRC-32 equals `crc`."""
 
     TYPE = MsgType.UPLOAD_COMMIT
-    LAYOUT = _s("BI")
+    LAYOUT = _s("BII")
     target: int
     crc: int
+    request_id: int = 0  # idempotency key (0: none); UPLOAD_OUTCOME reports it
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,29 @@ class UploadStatus(Message):
     target: int
     next_offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class GetUpload(Message):
+    """Ask what became of the last upload (answered UPLOAD_OUTCOME)."""
+
+    TYPE = MsgType.GET_UPLOAD
+
+
+@dataclass(frozen=True)
+class UploadOutcome(Message):
+    """The last upload, as the device's flash remembers it (survives reboots)."""
+
+    TYPE = MsgType.UPLOAD_OUTCOME
+    LAYOUT = _s("BBIIIIHI")
+    state: int  # UploadState
+    target: int
+    size: int
+    crc: int
+    next_offset: int  # bytes staged (STAGING) or size (COMMITTED)
+    request_id: int  # of the commit that settled it (COMMITTED, REFUSED), else 0
+    code: int  # ErrorCode of a refusal, else 0
+    arg: int  # the refusal's arg
 
 
 @dataclass(frozen=True)
@@ -91,18 +117,20 @@ class Adapt(Message):
     """One adaptation step on `data` (the device predicts and updates its adapter)."""
 
     TYPE = MsgType.ADAPT
-    LAYOUT = _s("I")
+    LAYOUT = _s("II")
     TAIL = "bytes"
     frame_id: int
+    request_id: int  # idempotency key: a repeat with the same key is answered, not re-run
     data: bytes
 
 
 @dataclass(frozen=True)
 class AdaptResult(Message):
     TYPE = MsgType.ADAPT_RESULT
-    LAYOUT = _s("IIf")
+    LAYOUT = _s("IIIf")
     TAIL = "bytes"
     frame_id: int
+    request_id: int  # echoed, so the host knows whose result this is
     step: int  # adaptation steps taken since the adapter was last set or reset
     loss: float
     output: bytes

@@ -68,20 +68,46 @@ def register(subparsers) -> argparse.ArgumentParser:
 def _with_port(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
     q.add_argument("--port", required=True, help="serial device or pyserial URL")
     q.add_argument("--baud", type=int, default=115200)
-    q.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt")
+    q.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds of silence per attempt (a busy device sends keep-alives, so "
+                   "long steps and commits need no larger value)")  # fmt: skip
     q.add_argument("--retries", type=int, default=3)
+    q.add_argument("--busy-limit", type=float, default=600.0,
+                   help="the longest one request may keep the device busy (seconds)")  # fmt: skip
     q.add_argument("--max-payload", type=int, default=4096)
     q.add_argument("--traffic-log", default=None, help="hex-dump all traffic to this file")
     return q
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The values every subcommand has, checked before the port is opened (ConfigError
+    naming the flag); each subcommand checks its own files the same way first."""
+    from edgeadapt._cli_args import at_least, in_range, output_file
+
+    from .protocol import DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD
+
+    at_least(args.baud, 1, "--baud")
+    if args.timeout <= 0:
+        from edgeadapt.errors import ConfigError
+
+        raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    at_least(args.retries, 0, "--retries")
+    if args.busy_limit <= 0:
+        from edgeadapt.errors import ConfigError
+
+        raise ConfigError(f"--busy-limit must be > 0 seconds, got {args.busy_limit}")
+    in_range(args.max_payload, MIN_MAX_PAYLOAD, DEFAULT_MAX_PAYLOAD, "--max-payload")
+    output_file(args.traffic_log, "--traffic-log")
+
+
 def _open(args: argparse.Namespace):
     from .client import BridgeClient
 
+    _check_args(args)
     log = open(args.traffic_log, "w") if args.traffic_log else None  # noqa: SIM115
     client = BridgeClient.open(
         args.port, baudrate=args.baud, timeout=args.timeout, retries=args.retries,
-        max_payload=args.max_payload, traffic_log=log,
+        max_payload=args.max_payload, traffic_log=log, busy_limit=args.busy_limit,
     )  # fmt: skip
     client.connect()
     return client
@@ -128,6 +154,8 @@ def _info(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     import zlib
 
+    from edgeadapt._cli_args import input_file
+
     from .protocol import Target
 
     items = [(args.program, Target.PROGRAM), (args.training, Target.TRAINING),
@@ -137,6 +165,8 @@ def _deploy(args: argparse.Namespace) -> int:
         from edgeadapt.errors import ConfigError
 
         raise ConfigError("nothing to deploy: give --program, --training and/or --adapter")
+    for path, target in items:
+        input_file(path, f"--{target.name.lower()}")
     with _open(args) as dev:
         for path, target in items:
             blob = path.read_bytes()
@@ -157,8 +187,12 @@ def _load_tensor(path: str):
 
 
 def _infer(args: argparse.Namespace) -> int:
+    from edgeadapt._cli_args import input_file, output_file
+
     from .validation import device_infer
 
+    input_file(args.input, "--input")
+    output_file(args.json, "--json")
     x = _load_tensor(args.input)
     with _open(args) as dev:
         y = device_infer(dev, x)
@@ -173,6 +207,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     from .validation import program_input_shape, validate
 
+    _check_validate_args(args)
     program = Path(args.program).read_bytes()
     if args.inputs:
         inputs = list(_load_tensor(args.inputs))
@@ -195,12 +230,39 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 4
 
 
+def _check_validate_args(args: argparse.Namespace) -> None:
+    from edgeadapt._cli_args import at_least, input_file, output_file
+    from edgeadapt.errors import ConfigError
+
+    input_file(args.program, "--program")
+    input_file(args.inputs, "--inputs")
+    at_least(args.n, 1, "--n")
+    at_least(args.atol, 0, "--atol")
+    at_least(args.rtol, 0, "--rtol")
+    at_least(args.num_classes, 1, "--num-classes")
+    if args.model and not args.checkpoint:
+        # Untrained eager weights never match the exported program: a sure false mismatch.
+        raise ConfigError(
+            f"--model {args.model} needs --checkpoint: the eager reference must have the "
+            "weights the program was exported with"
+        )
+    if args.checkpoint and not args.model:
+        raise ConfigError("--checkpoint needs --model (the eager reference to build)")
+    input_file(args.checkpoint, "--checkpoint")
+    output_file(args.report, "--report")
+
+
 def _stream(args: argparse.Namespace) -> int:
+    from edgeadapt._cli_args import in_range, input_file, output_file
+
     from .emulator.payloads import decode_output, encode_raw, encode_u8_affine
 
+    input_file(args.input, "--input")
+    in_range(args.window, 1, 65535, "--window")  # STREAM_START carries it as a u16
+    output_file(args.json, "--json")
     frames = _load_tensor(args.input)
     with _open(args) as dev:
-        room = dev.link.max_payload - 4
+        room = dev.link.max_payload - 8  # the session and the frame id come first
         data = [encode_raw(f[None]) if 4 * f.numel() <= room else encode_u8_affine(f[None])
                 for f in frames]  # fmt: skip
         start = time.perf_counter()
@@ -217,7 +279,10 @@ def _stream(args: argparse.Namespace) -> int:
 
 def _pull_adapter(args: argparse.Namespace) -> int:
     from edgeadapt._atomic import atomic_path, atomic_write_bytes
+    from edgeadapt._cli_args import output_file
 
+    output_file(args.out, "--out")
+    output_file(args.state_dict, "--state-dict")
     with _open(args) as dev:
         blob = dev.get_adapter()
     atomic_write_bytes(args.out, blob)

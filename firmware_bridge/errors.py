@@ -16,10 +16,12 @@ __all__ = [
     "BridgeTimeoutError",
     "CrcError",
     "DeviceError",
+    "DeviceRestartedError",
     "FramingError",
     "MessageError",
     "OversizeFrameError",
     "ProtocolError",
+    "SessionLostError",
     "TransportError",
     "VersionMismatchError",
 ]
@@ -61,6 +63,24 @@ class MessageError(BridgeError, ValueError):
 
 class ProtocolError(BridgeError):
     """The peer answered with something the protocol does not allow at this point."""
+
+
+class SessionLostError(BridgeError):
+    """The device no longer holds this host's session: it restarted, or another host said
+    HELLO since. It refused the request without running it."""
+
+    def __init__(self, message: str, *, rebooted: bool = False) -> None:
+        super().__init__(message)
+        self.rebooted = rebooted
+
+
+class DeviceRestartedError(SessionLostError):
+    """The device restarted (its boot id changed): what it held in RAM -- adapted weights
+    since the last SET_ADAPTER, a staged input, a stream -- is gone. The client has already
+    handshaken again; repeat the request if it is still wanted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, rebooted=True)
 
 
 class TransportError(BridgeError, OSError):

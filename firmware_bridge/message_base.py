@@ -1,9 +1,14 @@
-"""The base of every message: a frozen dataclass over a little-endian `struct` plus a tail.
+"""The base of every message: a frozen dataclass over a little-endian `struct` plus a tail,
+and the session envelope in front of it on the wire.
 
 A message's fields are, in order, the fixed fields of `LAYOUT` and then (if `TAIL` is set) one
 variable-length field that takes the rest of the payload: bytes, or UTF-8 text when
 `TAIL == "text"`. Every length is checked against the payload actually received (which the
 framing layer has already bounded), so nothing is allocated from an unchecked length field.
+
+On the wire every payload except HELLO's and DEVICE_INFO's (whose first fields are frozen so
+that any two versions can read them) is `session u32 | message`: `seal` adds the envelope,
+`unseal` checks and removes it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import ClassVar, TypeVar
 from .errors import MessageError
 from .protocol import MsgType
 
-__all__ = ["Message", "layout"]
+__all__ = ["ENVELOPE", "Message", "has_envelope", "layout", "seal", "unseal"]
 
 M = TypeVar("M", bound="Message")
 
@@ -68,3 +73,25 @@ class Message:
 def layout(fmt: str) -> struct.Struct:
     """A little-endian, unpadded `struct` layout."""
     return struct.Struct("<" + fmt)
+
+
+ENVELOPE = layout("I")  # session id, the first field of every enveloped payload
+_BARE = (MsgType.HELLO, MsgType.DEVICE_INFO)  # frozen layouts: no envelope
+
+
+def has_envelope(msg_type: int) -> bool:
+    return msg_type not in _BARE
+
+
+def seal(msg_type: int, session: int, payload: bytes) -> bytes:
+    """The payload as sent: the session envelope (where the type has one), then the message."""
+    return ENVELOPE.pack(session & 0xFFFFFFFF) + payload if has_envelope(msg_type) else payload
+
+
+def unseal(msg_type: int, payload: bytes) -> tuple[int | None, bytes]:
+    """(session, message bytes) of a received payload; session None for HELLO/DEVICE_INFO."""
+    if not has_envelope(msg_type):
+        return None, payload
+    if len(payload) < ENVELOPE.size:
+        raise MessageError(f"payload of {len(payload)} bytes is too short for its session field")
+    return ENVELOPE.unpack_from(payload)[0], payload[ENVELOPE.size :]

@@ -1,4 +1,4 @@
-"""One frozen dataclass per message of protocol v1, and the type byte → class table.
+"""One frozen dataclass per message of protocol v2, and the type byte → class table.
 
 Tables of every layout are in docs/bridge-protocol.md. The classes live in two private
 modules (session/housekeeping, data movement) to keep files small; import them from here.
@@ -6,12 +6,23 @@ modules (session/housekeeping, data movement) to keep files small; import them f
 
 from __future__ import annotations
 
-from ._msg_control import Ack, DeviceInfo, ErrorReport, GetStats, Hello, Nak, Reset, Stats
+from ._msg_control import (
+    Ack,
+    DeviceInfo,
+    ErrorReport,
+    GetStats,
+    Hello,
+    InProgress,
+    Nak,
+    Reset,
+    Stats,
+)
 from ._msg_data import (
     Adapt,
     AdapterChunk,
     AdaptResult,
     GetAdapter,
+    GetUpload,
     Infer,
     InferResult,
     StreamCredit,
@@ -22,6 +33,7 @@ from ._msg_data import (
     UploadBegin,
     UploadChunk,
     UploadCommit,
+    UploadOutcome,
     UploadStatus,
 )
 from .errors import MessageError
@@ -37,7 +49,9 @@ __all__ = [
     "ErrorReport",
     "GetAdapter",
     "GetStats",
+    "GetUpload",
     "Hello",
+    "InProgress",
     "Infer",
     "InferResult",
     "Message",
@@ -52,6 +66,7 @@ __all__ = [
     "UploadBegin",
     "UploadChunk",
     "UploadCommit",
+    "UploadOutcome",
     "UploadStatus",
     "unpack_message",
 ]
@@ -79,8 +94,11 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         GetStats,
         Stats,
         Reset,
+        GetUpload,
+        UploadOutcome,
         Ack,
         Nak,
+        InProgress,
         ErrorReport,
     )
 }

@@ -1,4 +1,4 @@
-"""Wire constants of the edgeadapt bridge protocol, version 1 (docs/bridge-protocol.md).
+"""Wire constants of the edgeadapt bridge protocol, version 2 (docs/bridge-protocol.md).
 
 Only numbers live here, so every other layer (and the C codec's generator) can import them
 without pulling in anything else. Changing any value is a protocol version bump.
@@ -11,10 +11,12 @@ from enum import IntEnum, IntFlag
 __all__ = [
     "CRC_SIZE",
     "DEFAULT_MAX_PAYLOAD",
+    "ENVELOPE_SIZE",
     "HEADER_SIZE",
     "MAGIC",
     "MAX_PROFILE_NAME",
     "MIN_MAX_PAYLOAD",
+    "NON_IDEMPOTENT",
     "PROTOCOL_MAX_PAYLOAD",
     "PROTOCOL_VERSION",
     "Capability",
@@ -24,17 +26,20 @@ __all__ = [
     "NakReason",
     "ResetKind",
     "Target",
+    "UploadState",
     "max_encoded_size",
 ]
 
 MAGIC = 0xEA  # first header byte; a cheap "is this ours at all" check before the CRC
-PROTOCOL_VERSION = 1  # second header byte; equal versions are required in v1
+PROTOCOL_VERSION = 2  # second header byte; after HELLO both sides send the negotiated one
 HEADER_SIZE = 8  # magic u8, version u8, type u8, flags u8, seq u16, payload_len u16
 CRC_SIZE = 4  # CRC-32 (IEEE, as zlib.crc32) over header + payload, little-endian
-DEFAULT_MAX_PAYLOAD = 4096  # before HELLO, and the most a v1 peer may ever ask for
+DEFAULT_MAX_PAYLOAD = 4096  # before HELLO, and the most a peer may ever ask for
 PROTOCOL_MAX_PAYLOAD = 4096
 MIN_MAX_PAYLOAD = 64  # below this DEVICE_INFO and ERROR would not fit; HELLO rejects it
 MAX_PROFILE_NAME = 32  # bytes of UTF-8 in DEVICE_INFO
+# Every payload but HELLO's and DEVICE_INFO's starts with the session (u32) it belongs to.
+ENVELOPE_SIZE = 4
 
 
 def max_encoded_size(max_payload: int) -> int:
@@ -62,6 +67,7 @@ class MsgType(IntEnum):
     GET_ADAPTER = 0x0A
     GET_STATS = 0x0B
     RESET = 0x0C
+    GET_UPLOAD = 0x0D
     DEVICE_INFO = 0x81
     UPLOAD_STATUS = 0x82
     INFER_RESULT = 0x85
@@ -70,16 +76,23 @@ class MsgType(IntEnum):
     STREAM_RESULT = 0x88
     ADAPTER_CHUNK = 0x8A
     STATS = 0x8B
+    UPLOAD_OUTCOME = 0x8D
     ACK = 0xF0
     NAK = 0xF1
+    IN_PROGRESS = 0xF2  # keep-alive: the request is being worked on; its answer follows
     ERROR = 0xFF
+
+
+# Requests that change the device's state in a way a repeat would change again: they carry
+# a `request_id` (the idempotency key) the device remembers with their answer.
+NON_IDEMPOTENT = frozenset({MsgType.ADAPT, MsgType.UPLOAD_COMMIT, MsgType.RESET})
 
 
 class Flag(IntFlag):
     """Header flag bits; unknown bits are sent as 0 and ignored on receipt."""
 
     NONE = 0
-    RETRY = 0x01  # this frame repeats an earlier one with the same seq (informational)
+    RETRY = 0x01  # this frame repeats, byte for byte, an earlier one with the same seq
 
 
 class Capability(IntFlag):
@@ -137,3 +150,15 @@ class ErrorCode(IntEnum):
     INTERNAL = 14
     DOES_NOT_FIT = 15  # the program's memory plan exceeds the device's RAM or flash
     INVALID_PROGRAM = 16  # the committed bytes are not a program the runtime can load
+    NO_SESSION = 17  # the request names another session (none since boot, or a newer HELLO)
+    WRONG_ROLE = 18  # an inference program sent as the training program, or the reverse
+    ID_REUSED = 19  # a request_id the device remembers for a different request
+
+
+class UploadState(IntEnum):
+    """What became of the last upload (UPLOAD_OUTCOME), kept in flash across reboots."""
+
+    NONE = 0  # no upload since the flash was erased
+    STAGING = 1  # begun; `next_offset` bytes staged, not committed
+    COMMITTED = 2  # the commit with `request_id` succeeded: these bytes are active
+    REFUSED = 3  # the commit with `request_id` was refused (`code`, `arg`): old ones active

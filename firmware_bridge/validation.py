@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .client import BridgeClient
 from .emulator.payloads import decode_output, encode_raw
+from .message_base import ENVELOPE
 from .messages import Infer
 from .protocol import Target
 
@@ -37,7 +38,7 @@ def program_input_shape(program: bytes) -> tuple[int, ...]:
 def device_infer(client: BridgeClient, x: Tensor, *, frame_id: int = 0) -> Tensor:
     """The device's output for the program input `x`, sent losslessly as raw float32."""
     data = encode_raw(x)
-    if len(data) + Infer.LAYOUT.size <= client.link.max_payload:
+    if ENVELOPE.size + Infer.LAYOUT.size + len(data) <= client.link.max_payload:
         out = client.infer(data, frame_id=frame_id).output
     else:
         client.upload(data, target=Target.INPUT)

@@ -18,16 +18,19 @@ uint32_t ea_crc32_update(uint32_t crc, const uint8_t *data, size_t len) {
     return ~crc;
 }
 
-/* Streaming COBS writer, so a frame's three parts need no contiguous scratch copy. */
+/* Streaming COBS writer, so a frame's three parts need no contiguous scratch copy.
+ * A block's code byte is reserved when the block opens. After a full 254-byte block the
+ * next block opens only when more data comes, so data ending on a full block needs no
+ * spare byte: a buffer of exactly the encoded size is enough. */
 typedef struct {
     uint8_t *out;
     size_t cap, pos, code_pos;
     uint8_t code;
-    int full; /* the last byte closed a full 254-byte block */
+    int open; /* a block is open and code_pos is its code byte */
     int overflow;
 } cobs_writer;
 
-static void cw_reserve(cobs_writer *w) {
+static void cw_open(cobs_writer *w) {
     w->code_pos = w->pos;
     if (w->pos < w->cap) {
         w->pos++;
@@ -35,26 +38,27 @@ static void cw_reserve(cobs_writer *w) {
         w->overflow = 1;
     }
     w->code = 1;
+    w->open = 1;
+}
+
+static void cw_close(cobs_writer *w) {
+    if (!w->overflow) w->out[w->code_pos] = w->code;
+    w->open = 0;
 }
 
 static void cw_init(cobs_writer *w, uint8_t *out, size_t cap) {
     w->out = out;
     w->cap = cap;
     w->pos = 0;
-    w->full = 0;
     w->overflow = 0;
-    cw_reserve(w);
-}
-
-static void cw_close(cobs_writer *w) {
-    if (!w->overflow) w->out[w->code_pos] = w->code;
-    cw_reserve(w);
+    cw_open(w); /* even empty data encodes to one code byte */
 }
 
 static void cw_put(cobs_writer *w, uint8_t b) {
-    w->full = 0;
-    if (b == 0) {
+    if (!w->open) cw_open(w); /* data goes on after a full block */
+    if (b == 0) {             /* the zero is implied by closing the block; another follows */
         cw_close(w);
+        cw_open(w);
         return;
     }
     if (w->pos < w->cap) {
@@ -62,18 +66,11 @@ static void cw_put(cobs_writer *w, uint8_t b) {
     } else {
         w->overflow = 1;
     }
-    if (++w->code == 0xFFu) {
-        cw_close(w);
-        w->full = 1;
-    }
+    if (++w->code == 0xFFu) cw_close(w); /* a full block: no zero implied after it */
 }
 
 static int cw_finish(cobs_writer *w, size_t *out_len) {
-    if (w->full) {
-        w->pos--; /* data ended on a full block: drop the empty block after it */
-    } else if (!w->overflow) {
-        w->out[w->code_pos] = w->code;
-    }
+    if (w->open) cw_close(w);
     if (w->overflow) return EA_ERR_BUFFER;
     *out_len = w->pos;
     return EA_OK;

@@ -1,5 +1,5 @@
 /*
- * edgeadapt_frame.h -- reference frame codec of the edgeadapt bridge protocol v1.
+ * edgeadapt_frame.h -- reference frame codec of the edgeadapt bridge protocol v2.
  *
  * Portable C99, no malloc, no globals written: every function works in caller-provided
  * buffers, checks every bound and returns an ea_status. The wire format is specified in
@@ -21,7 +21,7 @@ extern "C" {
 #endif
 
 #define EA_MAGIC 0xEAu
-#define EA_PROTOCOL_VERSION 1u
+#define EA_PROTOCOL_VERSION 2u
 #define EA_HEADER_SIZE 8u
 #define EA_CRC_SIZE 4u
 #define EA_MAX_PAYLOAD 4096u /* protocol ceiling; HELLO may negotiate it down */

@@ -85,6 +85,14 @@ static void check_frame(int lineno, int reencode, size_t max_payload) {
     if (rc != EA_OK || nw < 2 || c[0] != 0 || c[nw - 1] != 0 || !same(c + 1, nw - 2, d, n)) {
         fail(lineno, "encoding the decoded fields does not give the vector's bytes");
     }
+    /* Exactly the wire size (two delimiters included) is enough; one byte less is not. */
+    rc = ea_frame_encode(&g, max_payload, c, n + 2, &nw);
+    if (rc != EA_OK || nw != n + 2 || !same(c + 1, nw - 2, d, n)) {
+        fail(lineno, "frame encode refuses a buffer of exactly the needed size");
+    }
+    if (ea_frame_encode(&g, max_payload, c, n + 1, &nw) != EA_ERR_BUFFER) {
+        fail(lineno, "frame encode overflows a buffer one byte short");
+    }
 }
 
 static void check_line(int lineno) {
@@ -112,6 +120,11 @@ static void check_line(int lineno) {
         }
         if (ea_cobs_encode(a, n1, c, BUF_MAX, &n) != EA_OK || !same(c, n, b, n2))
             fail(lineno, "cobs encode differs");
+        /* A buffer of exactly the encoded size is enough; one byte less is not. */
+        if (ea_cobs_encode(a, n1, c, n2, &n) != EA_OK || !same(c, n, b, n2))
+            fail(lineno, "cobs encode refuses a buffer of exactly the needed size");
+        if (n2 > 0 && ea_cobs_encode(a, n1, c, n2 - 1, &n) != EA_ERR_BUFFER)
+            fail(lineno, "cobs encode overflows a buffer one byte short");
         if (ea_cobs_decode(b, n2, b, n2, &n) != EA_OK || !same(b, n, a, n1))
             fail(lineno, "cobs decode differs");
     } else if (strcmp(kind, "valid") == 0 || strcmp(kind, "decodes") == 0) {

@@ -33,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reset-at", type=float, default=0.0, help="reboot once an upload is this fraction in"
     )
+    p.add_argument("--reboot", type=float, default=0.0,
+                   help="per-request probability of a power cut while it is served")  # fmt: skip
     p.add_argument("--boot-ms", type=int, default=200, help="how long a reboot keeps it deaf")
+    p.add_argument("--flash-dir", default=None,
+                   help="keep flash (programs, adapter, staged upload) in this folder, so it "
+                   "survives restarts and kill -9; default: in memory")  # fmt: skip
+    p.add_argument("--keepalive-ms", type=int, default=100,
+                   help="IN_PROGRESS period while a request runs (0: never)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -56,16 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile)
         faults = Faults(
             drop=args.drop, corrupt=args.corrupt, delay=args.delay, delay_ms=args.delay_ms,
-            reset_at=args.reset_at, boot_ms=args.boot_ms, seed=args.seed,
+            reset_at=args.reset_at, reboot=args.reboot, boot_ms=args.boot_ms, seed=args.seed,
         )  # fmt: skip
     except (EdgeAdaptError, ValueError) as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2
+    # Kernel libraries in the order ExecuTorchRunner loads them: initialising the runtime
+    # before the quantized kernels are registered changes which kernels some ops get, and the
+    # training step's last bits with them (the host reference would then differ).
+    import executorch.kernels.quantized  # noqa: F401
     from executorch.runtime import Runtime
 
     Runtime.get()  # load the runtime before announcing the port: ready means ready
     port = PtyPort(FaultyLine(faults))
-    device = EmulatedDevice(port, profile, lr=args.lr, max_payload=args.max_payload, faults=faults)
+    device = EmulatedDevice(port, profile, lr=args.lr, max_payload=args.max_payload,
+                            faults=faults, flash_dir=args.flash_dir,
+                            keepalive_ms=args.keepalive_ms)  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -42,7 +42,8 @@ class EmulatorProcess:
             cmd += [
                 f"--drop={faults.drop}", f"--corrupt={faults.corrupt}", f"--delay={faults.delay}",
                 f"--delay-ms={faults.delay_ms}", f"--reset-at={faults.reset_at}",
-                f"--boot-ms={faults.boot_ms}", f"--seed={faults.seed}",
+                f"--reboot={faults.reboot}", f"--boot-ms={faults.boot_ms}",
+                f"--seed={faults.seed}",
             ]  # fmt: skip
         cmd += list(args)
         if log_path is None:

@@ -18,30 +18,31 @@ from edgeadapt.firmware_bridge import (
 )
 from edgeadapt.firmware_bridge import messages as m
 from edgeadapt.firmware_bridge.link import Link
-from edgeadapt.firmware_bridge.protocol import MsgType
+from edgeadapt.firmware_bridge.protocol import PROTOCOL_VERSION, MsgType
 
 
 def test_handshake_negotiates_payload(bridge) -> None:
     client, _ = bridge(max_payload=1024, device={"max_payload": 512, "profile": "nucleo"})
     info = client.connect()
-    assert (info.version, info.max_payload, info.profile) == (1, 512, "nucleo")
+    assert (info.version, info.max_payload, info.profile) == (PROTOCOL_VERSION, 512, "nucleo")
     assert client.link.max_payload == 512 and client.link.decoder.max_payload == 512
     assert client.info == info
 
 
 def test_version_mismatch_reported_by_device(bridge) -> None:
-    client, _ = bridge(device={"version": 2})
+    client, _ = bridge(device={"version": 3})
     with pytest.raises(VersionMismatchError) as info:
         client.connect()
-    assert (info.value.host, info.value.device) == (1, 2)
+    assert (info.value.host, info.value.device) == (PROTOCOL_VERSION, 3)
 
 
 def test_version_mismatch_seen_in_device_info() -> None:
     # A device that ignores the host's range and just answers with its own, newer layout.
     host_end, dev_end = null_modem_pair(poll=0.005)
-    newer = bytes([3]) + b"\x00" * 40  # version first; the rest is a layout v1 cannot parse
-    dev_end.write(encode_frame(MsgType.DEVICE_INFO, newer, seq=1, version=3))
+    newer = bytes([3]) + b"\x00" * 40  # version first; the rest is a layout v2 cannot parse
     client = BridgeClient(host_end, timeout=0.2, retries=0)
+    client.link._seq = 0  # so the HELLO goes out with seq 1, which the canned answer carries
+    dev_end.write(encode_frame(MsgType.DEVICE_INFO, newer, seq=1, version=3))
     with pytest.raises(VersionMismatchError, match="v3"):
         client.connect()
 
@@ -52,14 +53,16 @@ def test_infer_adapt_stats_reset(bridge) -> None:
     )
     client.connect()
     assert client.infer(b"abc", frame_id=9) == m.InferResult(9, b"cba")
-    assert client.adapt(b"x") == m.AdaptResult(0, 1, 0.5, b"x!")
+    first = client.adapt(b"x")
+    assert (first.frame_id, first.step, first.loss, first.output) == (0, 1, 0.5, b"x!")
     assert client.adapt(b"y").step == 2
     assert client.get_adapter() == b"adapted"
     stats = client.stats()
     assert (stats.infer_count, stats.adapt_steps) == (1, 2)
     assert stats.frames_rx >= 5 and stats.crc_errors == 0
     client.reset(ResetKind.ADAPTER)
-    assert fake.adapter is None and client.stats().adapt_steps == 0
+    assert fake.adapter is None and client.connect().adapter_step == 0
+    assert client.stats().adapt_steps == 2  # STATS counts since boot
 
 
 def test_device_error_carries_code_and_is_not_retried(bridge) -> None:
@@ -139,7 +142,8 @@ def test_set_and_get_adapter_in_chunks(bridge) -> None:
     assert client.set_adapter(blob) == 0
     assert fake.adapter == blob
     assert client.get_adapter() == blob
-    assert sum(isinstance(r, m.GetAdapter) for r in fake.requests) == -(-len(blob) // 116)
+    per_chunk = 128 - 4 - 12  # payload - session envelope - ADAPTER_CHUNK header
+    assert sum(isinstance(r, m.GetAdapter) for r in fake.requests) == -(-len(blob) // per_chunk)
 
 
 def test_get_adapter_is_bounded_before_allocation(bridge) -> None:

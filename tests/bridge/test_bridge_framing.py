@@ -10,7 +10,7 @@ import pytest
 from edgeadapt.firmware_bridge import cobs
 from edgeadapt.firmware_bridge.errors import CrcError, FramingError, OversizeFrameError
 from edgeadapt.firmware_bridge.framing import Frame, FrameDecoder, decode_frame, encode_frame
-from edgeadapt.firmware_bridge.protocol import max_encoded_size
+from edgeadapt.firmware_bridge.protocol import PROTOCOL_VERSION, max_encoded_size
 
 # Cheshire & Baker / Wikipedia examples, including the 254-byte-block edge cases.
 COBS_CASES = [
@@ -54,7 +54,7 @@ def test_cobs_rejects_malformed(bad: bytes) -> None:
 def test_frame_round_trip() -> None:
     wire = encode_frame(0x85, b"logits\x00\x01", seq=513, flags=1)
     assert wire[0] == 0 and wire[-1] == 0 and 0 not in wire[1:-1]
-    assert decode_frame(wire[1:-1]) == Frame(0x85, 513, b"logits\x00\x01", 1, 1)
+    assert decode_frame(wire[1:-1]) == Frame(0x85, 513, b"logits\x00\x01", 1, PROTOCOL_VERSION)
 
 
 def test_encode_refuses_oversize_payload() -> None:

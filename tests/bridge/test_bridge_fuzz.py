@@ -9,13 +9,14 @@ import pytest
 from edgeadapt.firmware_bridge.errors import FramingError, MessageError
 from edgeadapt.firmware_bridge.framing import Frame, FrameDecoder, decode_frame, encode_frame
 from edgeadapt.firmware_bridge.messages import MESSAGE_TYPES, unpack_message
+from edgeadapt.firmware_bridge.protocol import PROTOCOL_VERSION
 
 
 def _frames(rng: random.Random) -> list[tuple[Frame, bytes]]:
     out = []
     for seq in range(40):
         payload = bytes(rng.choice((0, rng.randrange(256))) for _ in range(rng.randrange(600)))
-        frame = Frame(rng.randrange(256), seq, payload, rng.randrange(2), 1)
+        frame = Frame(rng.randrange(256), seq, payload, rng.randrange(2), PROTOCOL_VERSION)
         out.append((frame, encode_frame(frame.msg_type, payload, seq=seq, flags=frame.flags)))
     return out
 

@@ -9,16 +9,16 @@ from edgeadapt.firmware_bridge.errors import MessageError
 from edgeadapt.firmware_bridge.protocol import MsgType
 
 SAMPLES = [
-    m.Hello(1, 1, 4096, 0x1F),
-    m.DeviceInfo(1, 512, 0x1F, 262144, 1 << 20, 0xDEADBEEF, 0, "stm32h7-nucleo"),
+    m.Hello(2, 2, 4096, 0x1F),
+    m.DeviceInfo(2, 512, 0x1F, 262144, 1 << 20, 0xDEADBEEF, 0xCAFE, 0, 3, 1, 2, 250, "nucleo"),
     m.UploadBegin(0, 123456, 0xCAFEBABE),
     m.UploadChunk(4092, b"\x00\x01program bytes"),
-    m.UploadCommit(1, 0x12345678),
+    m.UploadCommit(1, 0x12345678, 0xABCDEF),
     m.UploadStatus(0, 4092, 123456),
     m.Infer(7, bytes(range(256))),
     m.InferResult(7, b"\x00\x00\x80\x3f"),
-    m.Adapt(8, b"img"),
-    m.AdaptResult(8, 3, 0.25, b"pred"),
+    m.Adapt(8, 0x1234, b"img"),
+    m.AdaptResult(8, 0x1234, 3, 0.25, b"pred"),
     m.StreamStart(4, 1),
     m.StreamCredit(4),
     m.StreamFrame(0xFFFFFFFF, b""),
@@ -28,9 +28,12 @@ SAMPLES = [
     m.AdapterChunk(10_000, 0xABCDEF01, 4084, b"w" * 100),
     m.GetStats(),
     m.Stats(1, 2, 3, 4, 5, 6, 7, 8, 9),
-    m.Reset(2),
+    m.Reset(2, 77),
+    m.GetUpload(),
+    m.UploadOutcome(2, 0, 1000, 0xDEAD, 1000, 55, 0, 0),
     m.Ack(),
     m.Nak(1),
+    m.InProgress(1500, 4000),
     m.ErrorReport(8, 0xFFFFFFFF, "CRC mismatch; upload again — ünïcode"),
 ]
 
@@ -60,8 +63,8 @@ def test_truncated_or_padded_payload_is_rejected(msg: m.Message) -> None:
 
 def test_bounded_text_and_bad_utf8_are_rejected() -> None:
     with pytest.raises(MessageError):
-        m.DeviceInfo(1, 512, 0, 0, 0, 0, 0, "x" * 33).pack()
-    head = m.DeviceInfo(1, 512, 0, 0, 0, 0, 0).pack()
+        m.DeviceInfo(2, 512, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, "x" * 33).pack()
+    head = m.DeviceInfo(2, 512, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0).pack()
     with pytest.raises(MessageError):
         m.DeviceInfo.unpack(head + b"y" * 33)
     with pytest.raises(MessageError):

@@ -110,7 +110,7 @@ def test_traffic_log_to_file_and_logger(bridge, caplog: pytest.LogCaptureFixture
     client.connect()
     dump = text.getvalue()
     assert "TX " in dump and "RX " in dump
-    assert "ea 01 01" in dump  # header of our HELLO: magic, version, type
+    assert "ea 02 01" in dump  # header of our HELLO: magic, version, type
 
     logger = logging.getLogger("bridge-traffic-test")
     client, _ = bridge(traffic_log=logger)

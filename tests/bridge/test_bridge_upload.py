@@ -23,7 +23,9 @@ def test_chunked_upload_is_committed(bridge) -> None:
     assert client.upload(blob, progress=lambda done, total: progress.append(done)) == 0
     assert fake.active[Target.PROGRAM] == blob and fake.staging is None
     chunks = [r for r in fake.requests if isinstance(r, m.UploadChunk)]
-    assert len(chunks) == -(-len(blob) // 252) and max(len(c.data) for c in chunks) == 252
+    per_chunk = 256 - 4 - 4  # payload - session envelope - UPLOAD_CHUNK offset
+    assert len(chunks) == -(-len(blob) // per_chunk)
+    assert max(len(c.data) for c in chunks) == per_chunk
     assert progress[-1] == len(blob)
     assert client.connect().program_crc == zlib.crc32(blob)
 
