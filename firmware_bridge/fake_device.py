@@ -153,7 +153,11 @@ class FakeDevice(DeviceModel):
             self.counts["duplicates"] += 1  # a true retransmission: answer again, do not redo
             return cache[3]
         replies = self._execute(item, body, digest)
-        if item.msg_type not in _NOT_CACHED:
+        if item.msg_type == MsgType.HELLO:
+            # A new session: the last one's answer (sealed with its session) is no
+            # retransmission's, even where seq and bytes happen to match.
+            self._cache = None
+        elif item.msg_type not in _NOT_CACHED:
             self._cache = (item.seq, item.msg_type, digest, replies)
         return replies
 

@@ -239,25 +239,35 @@ class EmulatedDevice(FakeDevice):
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
         self._announce(Target.PROGRAM)
         self.counts["infer_count"] += 1
+        start = time.perf_counter()
         try:
-            return self.programs.run_inference(x)
+            y = self.programs.run_inference(x)
         except Exception as exc:  # the program failed, not the protocol: say so
             raise Refuse(E.EXECUTION_FAILED, 0, f"{type(exc).__name__}: {exc}") from exc
+        self.programs.timed(Target.PROGRAM, time.perf_counter() - start)
+        return y
 
     def _step(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         self._announce(Target.TRAINING)
+        start = time.perf_counter()
         try:
             logits, loss, _kept = self.programs.run_step(x)
         except Exception as exc:
             raise Refuse(E.EXECUTION_FAILED, 0, f"{type(exc).__name__}: {exc}") from exc
+        self.programs.timed(Target.TRAINING, time.perf_counter() - start)
         self.step += 1
         self.counts["adapt_steps"] += 1
         return logits, loss
 
     def _announce(self, target: int) -> None:
         """IN_PROGRESS before a run that holds the interpreter longer than a keep-alive
-        period (the runtime does not let the keep-alive thread in meanwhile)."""
-        seconds = self.programs.loaded[target].seconds if target in self.programs.loaded else 0
+        period (the runtime does not let the keep-alive thread in meanwhile). A program
+        loaded at boot has not been timed (no dry run): its first run announces the
+        commit's generous estimate."""
+        loaded = self.programs.loaded.get(target)
+        if loaded is None:
+            return
+        seconds = loaded.seconds or _load_estimate(target, loaded.data)
         if self.keepalive_ms and seconds * 1000 > self.keepalive_ms / 2:
             self.progress(2 * seconds + 0.1)
 

@@ -18,7 +18,7 @@ planned memory before the first step.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ class Loaded:
     input_shape: tuple[int, ...]
     arenas: tuple[int, ...]
     constants: int
-    seconds: float  # one run, measured at commit (keep-alive estimates start from it)
+    seconds: float  # one run, measured at commit or at the first run after a boot (0: not yet)
 
     @property
     def batch(self) -> int:
@@ -87,13 +87,32 @@ def _pte(data: bytes):
 
 
 def program_role(data: bytes) -> Target:
-    """TRAINING when the program has the training methods, else PROGRAM (inference)."""
-    names = {plan.name for plan in _pte(data).program.execution_plan}
-    if "forward" not in names:
-        from edgeadapt.export.errors import ProgramFileError
+    """TRAINING for a program with the three training methods and a `forward` whose outputs
+    they describe (loss, logits, kept, P gradients, P parameters); PROGRAM (inference) for
+    one with none of them whose `forward` takes the batch alone. Anything in between is a
+    ProgramFileError: run as the other role it would give wrong answers, not fail."""
+    from edgeadapt.export.errors import ProgramFileError
 
-        raise ProgramFileError(f"the program has no 'forward' method (methods: {sorted(names)})")
-    return Target.TRAINING if names >= TRAINING_METHODS else Target.PROGRAM
+    plans = {plan.name: plan for plan in _pte(data).program.execution_plan}
+    forward = plans.get("forward")
+    if forward is None:
+        raise ProgramFileError(f"the program has no 'forward' method (methods: {sorted(plans)})")
+    found = TRAINING_METHODS & plans.keys()
+    if not found:
+        if len(forward.inputs) != 1:
+            raise ProgramFileError(f"an inference program's forward takes the batch alone; "
+                                   f"this one takes {len(forward.inputs)} inputs")  # fmt: skip
+        return Target.PROGRAM
+    if found != TRAINING_METHODS:
+        raise ProgramFileError(f"the program has {sorted(found)} but not "
+                               f"{sorted(TRAINING_METHODS - found)}: neither role")  # fmt: skip
+    n = len(plans["__et_training_fqn_forward"].outputs)
+    index = [plans[f"__et_training_{k}_index_forward"].values[0].val.int_val
+             for k in ("gradients", "parameters")]  # fmt: skip
+    if index != [3, 3 + n] or len(forward.outputs) != 3 + 2 * n:
+        raise ProgramFileError(f"forward's {len(forward.outputs)} outputs do not match its "
+                               f"training methods ({n} parameters, indices {index})")  # fmt: skip
+    return Target.TRAINING
 
 
 def _parameter_tensors(pte) -> list[tuple[str, Any]]:
@@ -239,6 +258,13 @@ class Programs:
 
     def program(self, target: int) -> Loaded | None:
         return self.loaded.get(target)
+
+    def timed(self, target: int, seconds: float) -> None:
+        """Keep the first measured run time of a program loaded without a dry run (at boot),
+        so later runs announce what it takes instead of the commit's guess."""
+        loaded = self.loaded.get(target)
+        if loaded is not None and not loaded.seconds:
+            self.loaded[target] = replace(loaded, seconds=max(seconds, 1e-6))
 
     def parameters(self) -> dict[str, Tensor] | None:
         if self.primed:

@@ -58,6 +58,38 @@ def test_training_program_is_refused_as_the_inference_program(inproc, programs) 
     assert out.numel() == SHAPE[0] * 3  # still the inference program's 4x3 logits
 
 
+def _half_training(train: bytes, how: str) -> bytes:
+    """The training program with one training method gone, or its parameter index wrong."""
+    from executorch.exir._serialize._program import serialize_pte_binary
+
+    from edgeadapt.firmware_bridge.emulator.programs import _pte
+
+    pte = _pte(train)
+    plans = pte.program.execution_plan
+    if how == "method":
+        plans[:] = [p for p in plans if p.name != "__et_training_gradients_index_forward"]
+    else:
+        index = next(p for p in plans if p.name == "__et_training_parameters_index_forward")
+        index.values[0].val.int_val += 1
+    return bytes(serialize_pte_binary(pte))
+
+
+@pytest.mark.parametrize("how", ["method", "index"])
+def test_a_program_of_neither_role_is_refused(inproc, programs, how) -> None:
+    # Without its gradient index a training program's forward still runs as an inference
+    # program would -- and INFER would answer its scalar loss instead of logits.
+    host_end, _ = inproc
+    dev = BridgeClient(host_end, timeout=2.0)
+    dev.upload(programs.infer)
+    blob = _half_training(programs.train, how)
+    for target in (Target.PROGRAM, Target.TRAINING):
+        with pytest.raises(DeviceError) as err:
+            dev.upload(blob, target=target)
+        assert err.value.code == ErrorCode.INVALID_PROGRAM, err.value.text
+    info = dev.connect()
+    assert (info.program_crc, info.training_crc) == (zlib.crc32(programs.infer), 0)
+
+
 def test_a_commit_slower_than_the_timeout_is_waited_for(inproc, programs, monkeypatch) -> None:
     host_end, device = inproc
     load = device.programs.load
@@ -71,6 +103,39 @@ def test_a_commit_slower_than_the_timeout_is_waited_for(inproc, programs, monkey
     dev.upload(programs.infer)
     assert dev.connect().program_crc == zlib.crc32(programs.infer)
     assert dev.link.counters["keepalives"] >= 3
+
+
+def test_a_long_step_after_a_boot_is_announced(programs, monkeypatch) -> None:
+    # The runtime holds the interpreter while it runs, so the keep-alive timer cannot send;
+    # the device must announce the run. After a boot the programs are loaded from flash
+    # without a dry run: their first run has no measured time and must still be announced.
+    from edgeadapt.export.devices import load_profile
+    from edgeadapt.firmware_bridge.emulator import Faults
+    from edgeadapt.firmware_bridge.emulator.device import EmulatedDevice
+
+    monkeypatch.setattr(EmulatedDevice, "_tick", lambda self, stop: None)
+    host_end, dev_end = null_modem_pair(poll=0.005)
+    device = EmulatedDevice(dev_end, load_profile("stm32h743"), lr=LR, faults=Faults(boot_ms=0))
+    stop = threading.Event()
+    thread = threading.Thread(target=device.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        dev = BridgeClient(host_end, timeout=0.3, retries=1)  # 0.6 s of silence at most
+        dev.upload(programs.train, target=Target.TRAINING)
+        dev.reset(ResetKind.REBOOT)
+        step = device.programs.run_step
+
+        def slow_step(x):
+            time.sleep(1.0)  # a ResNet-sized step on a small core
+            return step(x)
+
+        monkeypatch.setattr(device.programs, "run_step", slow_step)
+        assert dev.adapt(encode_raw(batches(1)[0])).step == 1
+        assert dev.reboots == 1 and dev.link.counters["keepalives"] >= 1
+        assert device.programs.loaded[Target.TRAINING].seconds >= 1.0  # timed for the next
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def test_a_slow_adapting_stream_is_waited_for(inproc, programs, monkeypatch) -> None:

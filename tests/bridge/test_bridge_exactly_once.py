@@ -85,6 +85,25 @@ def test_cache_answers_only_retransmissions_of_the_same_request(bridge) -> None:
     assert fake.counts["infer_count"] == 3 and fake.counts["duplicates"] == 1
 
 
+def test_hello_clears_the_retransmission_cache(bridge) -> None:
+    # The last request of one session, then a new session (another host process) whose first
+    # attempt at the same seq and bytes was lost: its retransmission must run in the new
+    # session, not draw the old session's answer (which the host drops as stale, until it
+    # times out).
+    client, fake = bridge(device={"infer": lambda d: d.upper()})
+    client.connect()
+    link = client.link
+    seq = link.next_seq()
+    link.send(m.Infer(1, b"abc"), seq)
+    got = []
+    link.wait_other(got.append, what="the first session's reply")
+    client.connect()
+    link.send(m.Infer(1, b"abc"), seq, Flag.RETRY)
+    link.wait_other(got.append, what="the second session's reply")
+    assert got[1].session == link.session != got[0].session
+    assert fake.counts["infer_count"] == 2 and fake.counts["duplicates"] == 0
+
+
 class _WrongEcho(FakeDevice):
     """A device that answers INFER with another frame's id (a reply to someone else)."""
 

@@ -10,7 +10,16 @@ import zlib
 
 import pytest
 
-from edgeadapt.firmware_bridge import BridgeTimeoutError, Target, UploadState
+from edgeadapt.firmware_bridge import (
+    BridgeTimeoutError,
+    DeviceError,
+    ErrorCode,
+    MsgType,
+    Target,
+    UploadState,
+    cobs,
+)
+from edgeadapt.firmware_bridge._fake_model import Refuse
 
 
 def _slow(seconds: float):
@@ -75,3 +84,49 @@ def test_the_last_upload_outcome_can_be_asked_for(bridge) -> None:
         zlib.crc32(blob),
     )
     assert out.request_id != 0
+
+
+def _lose(msg_type: int, times: int):
+    """A `mangle` hook that drops the first `times` frames of `msg_type` through its end."""
+    left = [times]
+
+    def mangle(wire: bytes) -> bytes:
+        if left[0] and cobs.decode(wire[1:-1])[2] == msg_type:
+            left[0] -= 1
+            return b""
+        return wire
+
+    return mangle
+
+
+@pytest.mark.parametrize("lost", ["request", "answer"])
+def test_a_commit_whose_answer_is_lost_is_settled_by_its_outcome(bridge, lost) -> None:
+    # Every attempt of the commit (retries=1: two) goes unanswered: upload() asks GET_UPLOAD
+    # instead of failing with the bytes active ("answer") or leaving them staged ("request").
+    client, fake = bridge(timeout=0.05, retries=1, max_payload=256)
+    client.connect()
+    blob = random.Random(1).randbytes(1000)
+    if lost == "request":
+        client.link.transport.mangle = _lose(MsgType.UPLOAD_COMMIT, 2)
+    else:
+        fake.transport.mangle = _lose(MsgType.ACK, 2)
+    assert client.upload(blob, target=Target.ADAPTER) == 0
+    assert fake.active[Target.ADAPTER] == blob
+    commits = [r for r in fake.requests if r.TYPE == MsgType.UPLOAD_COMMIT]
+    assert len(commits) == 1  # executed once either way
+    assert client.upload_outcome().state == UploadState.COMMITTED
+
+
+def test_a_refused_commit_whose_answer_is_lost_is_reported_as_refused(bridge) -> None:
+    client, fake = bridge(timeout=0.05, retries=1, max_payload=256)
+    client.upload(b"old weights", target=Target.ADAPTER)
+
+    def refuse(target, data, outcome):
+        raise Refuse(ErrorCode.INVALID_PROGRAM, 0, "the runtime cannot load it")
+
+    fake.activate = refuse
+    fake.transport.mangle = _lose(MsgType.ERROR, 2)
+    with pytest.raises(DeviceError) as err:
+        client.upload(b"new weights", target=Target.ADAPTER)
+    assert err.value.code == ErrorCode.INVALID_PROGRAM
+    assert fake.active[Target.ADAPTER] == b"old weights"
