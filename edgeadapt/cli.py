@@ -114,6 +114,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         c.strip() for c in args.corruptions.split(",") if c.strip()
     ]
     overrides = settings_from_json(args.overrides, "--overrides")  # before the slow part
+    if args.warmup_cache is not None:
+        from edgeadapt._cli_args import output_folder
+
+        output_folder(args.warmup_cache, "--warmup-cache")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.checkpoint is None:
         # An untrained network errs at chance (about 90% on CIFAR-10) whatever the method:
@@ -130,6 +134,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         n_images=args.n_images, warmup_steps=args.warmup_steps, overrides=overrides, seed=args.seed,
         device=args.device, progress=not args.quiet, state_dir=args.state_dir, stream=args.stream,
         delta=args.delta, source_data=setup_source, no_warmup=args.no_warmup,
+        warmup_cache=args.warmup_cache,
     )  # fmt: skip
     table = markdown_report(results)  # with several rounds, the per-round means too
     title = f"{args.model}, CIFAR-10-C severity {args.severity}, {args.protocol}, " + setting_label(
@@ -281,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run EcoTTA without warm-up and EATA without Fisher; their rows are marked "
         "'(no warm-up)' / '(no Fisher)' in the table, JSON and plot",
+    )
+    p.add_argument(
+        "--warmup-cache",
+        default=None,
+        help="a folder that keeps EcoTTA warm-ups: a later run that would repeat one exactly "
+        "(same model, config, source data, steps, seed) reads it back instead",
     )
     p.add_argument("--overrides", default=None, help='JSON, e.g. \'{"ecotta": {"lr": 0.01}}\'')
     p.add_argument("--seed", type=int, default=0)

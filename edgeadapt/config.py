@@ -48,7 +48,13 @@ class AdaptConfig:
     # frames adapt too. None: each batch's own statistics only, which needs 2 samples or more.
     # A pair (first, last) grows the window geometrically from the first BN to the last in
     # forward order (edgeadapt.modules.stream_norm.stream_windows).
-    stat_window: int | tuple[int, int] | None = 64
+    # (512, 4096) was chosen at batch 1 on the four extra corruptions (tune_stream.md).
+    stat_window: int | tuple[int, int] | None = (512, 4096)
+    # A batch of at least this many samples normalises with its own statistics alone, as the
+    # published methods do (None: every batch mixes in by stat_window). The long windows that
+    # single frames need lag a continual stream that batches of 64 follow on their own:
+    # 2.6 points at batch 64 (tune_stream_b64.md).
+    own_statistics_from: int | None = 64
     # A batch of one where BNs use test statistics: "adapt" (on the stream's statistics),
     # "predict" (the current model's prediction on the stream's statistics as they are, no
     # adapting, no state change), "error" (BatchTooSmallError). With stat_window None,
@@ -80,6 +86,16 @@ class AdaptConfig:
             ),
             "stat_window must be a number of samples >= 1, a pair (first, last) of them, or "
             f"None; got {window!r}",
+        )
+        _check(
+            self.own_statistics_from is None
+            or (
+                isinstance(self.own_statistics_from, int)
+                and not isinstance(self.own_statistics_from, bool)
+                and self.own_statistics_from >= 2
+            ),
+            "own_statistics_from must be a batch size >= 2 (a frame's own statistics erase "
+            f"it) or None; got {self.own_statistics_from!r}",
         )
         _check(
             self.stat_window is not None or self.small_batch != "adapt",

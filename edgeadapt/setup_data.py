@@ -220,6 +220,7 @@ def prepare_adapter(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    warmup_cache: str | os.PathLike[str] | None = None,
 ) -> dict[str, dict[str, Any] | None]:
     """Run `adapter`'s setup on source data: EcoTTA's warm-up (`warmup_steps` random batches
     of `SETUP_BATCH` with flips), EATA's Fisher (`fisher_images`), nothing for the others.
@@ -230,7 +231,10 @@ def prepare_adapter(
     `mean`/`std` (the models' own by default) and must be `input_size` (H, W) when given.
     `no_warmup` (or a count of 0) skips the setup on purpose. Returns the record, also set as
     `adapter.setup_record`: {"warmup": {"source", "images", "steps", "batch"} or None} for
-    EcoTTA, {"fisher": {"source", "images"} or None} for EATA, {} for the rest."""
+    EcoTTA, {"fisher": {"source", "images"} or None} for EATA, {} for the rest.
+
+    `warmup_cache`: a folder where warm-ups from image files are kept under a digest of all
+    that goes into them (`_warmup_cache`); the same warm-up again is read back, bit-exact."""
     say = log or (lambda _: None)
     kinds = setup_kinds(adapter)
     wanted = {"warmup": warmup_steps > 0, "fisher": fisher_images > 0}
@@ -244,7 +248,7 @@ def prepare_adapter(
         data = find_source_data(source, needed_by=[method])
         if "warmup" in todo:
             record["warmup"] = _warm_up(adapter, data, warmup_steps, warmup_lr, input_size,
-                                        mean, std, seed, progress, say)  # fmt: skip
+                                        mean, std, seed, progress, say, warmup_cache)  # fmt: skip
         if "fisher" in todo:
             record["fisher"] = _fisher(adapter, data, fisher_images, input_size, mean, std,
                                        seed, progress, say)  # fmt: skip
@@ -252,7 +256,8 @@ def prepare_adapter(
     return record
 
 
-def _warm_up(adapter, data: SourceData, steps, lr, input_size, mean, std, seed, progress, say):
+def _warm_up(adapter, data: SourceData, steps, lr, input_size, mean, std, seed, progress, say,
+             cache=None):  # fmt: skip
     extra = {} if lr is None else {"lr": lr}
     if data.batches is not None:
         if any(y is None for _, y in data.batches):
@@ -270,13 +275,21 @@ def _warm_up(adapter, data: SourceData, steps, lr, input_size, mean, std, seed, 
             "steps": steps,
             "batch": len(batches[0][0]),
         }
-    images, labels = data.arrays(progress=progress)
-    _check_images(adapter, data, images, input_size)
-    batch = min(SETUP_BATCH, len(labels))
-    say(f"EcoTTA warm-up: {steps} steps of {batch} clean training images from {data.origin}")
-    batches = list(_warmup_batches(images, labels, steps, batch, seed, mean, std))
-    adapter.warmup(batches, progress=progress, **extra)
-    return {"source": data.origin, "images": len(labels), "steps": steps, "batch": batch}
+
+    def from_files() -> dict[str, Any]:
+        images, labels = data.arrays(progress=progress)
+        _check_images(adapter, data, images, input_size)
+        batch = min(SETUP_BATCH, len(labels))
+        say(f"EcoTTA warm-up: {steps} steps of {batch} clean training images from {data.origin}")
+        batches = list(_warmup_batches(images, labels, steps, batch, seed, mean, std))
+        adapter.warmup(batches, progress=progress, **extra)
+        return {"source": data.origin, "images": len(labels), "steps": steps, "batch": batch}
+
+    from edgeadapt._warmup_cache import cached_warmup
+
+    inputs = {"steps": steps, "lr": lr, "seed": seed, "mean": list(mean), "std": list(std),
+              "input_size": None if input_size is None else list(input_size)}  # fmt: skip
+    return cached_warmup(adapter, cache, inputs, data.path, from_files, say)
 
 
 def _fisher(adapter, data: SourceData, count, input_size, mean, std, seed, progress, say):

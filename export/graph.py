@@ -83,15 +83,16 @@ class PlainStreamBatchNorm2d(nn.Module):
     def __init__(self, bn: _BatchNorm, *, update: bool) -> None:
         super().__init__()
         self.eps, self.window, self.update = float(bn.eps), int(bn.window), update
+        self.own_from = bn.own_from
         self.weight = bn.weight
         self.bias = bn.bias
         self.register_buffer("running_mean", bn.running_mean.detach().clone())
         self.register_buffer("running_var", bn.running_var.detach().clone())
 
     def alpha(self, x: Tensor) -> float:
-        from edgeadapt.modules.stream_norm import stream_weight
+        from edgeadapt.modules.stream_norm import bn_stream_weight
 
-        return stream_weight(x.shape[0], self.window)
+        return bn_stream_weight(self, x.shape[0])
 
     def statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The mixed (mean, variance) for `x`, constants, written back with `update`. α < 1."""

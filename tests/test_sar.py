@@ -270,12 +270,12 @@ def test_frozen_tensors_bit_identical_and_predictions_vary_at_batch_one():
 
 
 def test_reset_is_exact_including_the_moving_average_and_recoveries():
-    # A threshold this random model's entropy crosses once in four steps.
+    # A threshold this random model's entropy crosses within four steps.
     fresh = _adapter(reset_below=2.1)
     adapter = _adapter(reset_below=2.1)
     for seed in range(4):
         adapter(_frames(4, seed))
-    assert adapter.recoveries == 1 and adapter.loss_average is not None
+    assert adapter.recoveries >= 1 and adapter.loss_average is not None
     adapter.reset()
     assert adapter.loss_average is None and adapter.recoveries == 0
     for k, v in fresh.state_dict().items():

@@ -128,6 +128,26 @@ def test_stream_batchnorm_at_full_weight_is_batchnorm():
     assert torch.allclose(bn(x), ref.train()(x), atol=1e-6)
 
 
+def test_a_batch_of_own_statistics_from_or_more_uses_its_own_statistics():
+    torch.manual_seed(0)
+    ref = torch.nn.BatchNorm2d(3).train()
+    bn = torch.nn.BatchNorm2d(3)
+    use_stream_statistics(bn, window=4096, own_from=8)
+    big, small = torch.randn(8, 3, 5, 5) * 2 + 1, torch.randn(4, 3, 5, 5) * 2 + 1
+    assert torch.allclose(bn(big), ref(big), atol=1e-6)  # the published rule at batch 8
+    # Smaller batches mix into the stream (now the last batch's statistics) with α = 4/4096.
+    assert not torch.allclose(bn(small), ref(small), atol=1e-2)
+
+
+@pytest.mark.parametrize("bad", [1, 0, True, 2.5])
+def test_own_statistics_from_is_checked(bad):
+    from edgeadapt.config import NormConfig
+    from edgeadapt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="own_statistics_from"):
+        NormConfig(own_statistics_from=bad)
+
+
 def test_stream_moments_are_the_moments_of_the_mixture():
     """The mixture of a stream of N frames and a new one is what the pooled data would give,
     between-frame spread included (mixing variances alone would miss it)."""

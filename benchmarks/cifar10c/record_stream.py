@@ -80,6 +80,7 @@ def main() -> None:
     out = Path(args.out or HERE / f"record_stream_{args.suite}{subset}_runs")
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
               "--data", args.data, "--protocol", args.suite, "--rounds", str(rounds)]  # fmt: skip
+    common += ["--warmup-cache", str(out / "warmups")]  # one warm-up per EcoTTA configuration
     if args.n_images:
         common += ["--n-images", str(args.n_images)]
     jobs, labels, order = {}, {}, []

@@ -66,6 +66,11 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "sar, window 512→4096, lr 3e-5": ("sar", {"stat_window": GROW, "lr": 3e-5}),
     "rotta": ("rotta", {}),
 }
+# A window named in a label applies at every batch size: the threshold above which a batch
+# uses its own statistics alone (own_statistics_from, 64 by default) is off in these rows.
+for _method, _settings in SETTINGS.values():
+    if "stat_window" in _settings:
+        _settings["own_statistics_from"] = None
 STREAMS = ("iid", "correlated")
 
 
@@ -91,6 +96,7 @@ def main() -> None:
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
               "--data", args.data, "--corruptions", "extra", "--batch", str(args.batch),
               "--n-images", str(args.n_images)]  # fmt: skip
+    common += ["--warmup-cache", str(out / "warmups")]  # one warm-up per EcoTTA configuration
     jobs, labels = {}, {}
     for stream in STREAMS:
         for label in chosen:

@@ -88,6 +88,7 @@ def run_cifar10c(
     delta: float | None = None,
     source_data: str | Path | SourceData | None = None,
     no_warmup: bool = False,
+    warmup_cache: str | Path | None = None,
 ) -> list[MethodResult]:
     """Run every method through the protocol. Domains come from CIFAR-10-C release files
     (`release_dir`) or are generated from the clean test split of `clean_source`.
@@ -101,7 +102,9 @@ def run_cifar10c(
 
     `stream`: "iid" (one fixed shuffle, the same in every domain) or "correlated" (the
     Dirichlet label-shift order of NOTE/RoTTA, drawn per domain, concentration `delta`,
-    default 0.1). Either way the images are the first `n_images` of the i.i.d. shuffle."""
+    default 0.1). Either way the images are the first `n_images` of the i.i.d. shuffle.
+    `warmup_cache`: a folder that keeps EcoTTA warm-ups for the next run that repeats one
+    exactly (`prepare_adapter`)."""
     from edgeadapt.data import check_stream, segment_orders, to_tensor
 
     _check_sizes(batch_size=batch_size, n_images=n_images, warmup_steps=warmup_steps,
@@ -140,6 +143,7 @@ def run_cifar10c(
         records[adapter.config.method] = prepare_adapter(
             adapter, setup_source, warmup_steps=warmup_steps, fisher_images=fisher_images,
             no_warmup=no_warmup, seed=seed, progress=progress, log=log,
+            warmup_cache=warmup_cache,
         )  # fmt: skip
 
     results = run_benchmark(

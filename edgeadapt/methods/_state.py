@@ -65,11 +65,13 @@ def use_batch_statistics(bn: _BatchNorm) -> None:
     bn.track_running_stats = False
 
 
-def use_test_statistics(bns: Sequence[_BatchNorm], window: WindowSpec | None) -> None:
+def use_test_statistics(
+    bns: Sequence[_BatchNorm], window: WindowSpec | None, own_from: int | None = None
+) -> None:
     """Make `bns` (in forward order) normalise with test statistics: over about the last
     `window` samples of the stream (`edgeadapt.modules.stream_norm`; a pair grows the window
-    from the first BN to the last), or with None each batch's own alone (the published rule,
-    which needs batches of 2 or more)."""
+    from the first BN to the last; a batch of `own_from` or more on its own statistics), or
+    with None each batch's own alone (the published rule, which needs batches of 2 or more)."""
     from edgeadapt.modules.stream_norm import stream_windows, use_stream_statistics
 
     if window is None:
@@ -78,7 +80,7 @@ def use_test_statistics(bns: Sequence[_BatchNorm], window: WindowSpec | None) ->
         return
     for bn, size in zip(bns, stream_windows(window, len(bns))):
         if isinstance(bn, nn.BatchNorm2d):
-            use_stream_statistics(bn, size)
+            use_stream_statistics(bn, size, own_from)
         else:  # 1-d/3-d BNs: each batch's own statistics
             use_batch_statistics(bn)
 
@@ -129,11 +131,11 @@ def per_group_batch_statistics(model: nn.Module, groups: int) -> Iterator[None]:
 
 
 def _grouped_forward(bn: _BatchNorm, groups: int):
-    from edgeadapt.modules.stream_norm import StreamBatchNorm2d, stream_weight
+    from edgeadapt.modules.stream_norm import StreamBatchNorm2d, bn_stream_weight
 
     def forward(x: Tensor) -> Tensor:
         n, c = x.shape[0] // groups, x.shape[1]
-        if isinstance(bn, StreamBatchNorm2d) and stream_weight(n, bn.window) < 1:
+        if isinstance(bn, StreamBatchNorm2d) and bn_stream_weight(bn, n) < 1:
             # Each group mixed into the stream's statistics on its own, as separate forwards
             # would (which update the stream only where the caller lets them).
             return torch.cat([StreamBatchNorm2d.forward(bn, g) for g in x.chunk(groups)])

@@ -35,7 +35,7 @@ class CoTTAAdapter(Adapter):
     def configure(self, model: nn.Module, example_input: Tensor) -> nn.Module:
         model.eval()
         bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-        use_test_statistics(bns, self.config.stat_window)
+        use_test_statistics(bns, self.config.stat_window, self.config.own_statistics_from)
         model.requires_grad_(True)
         self.anchor = copy.deepcopy(model).requires_grad_(False)  # the source model, kept as is
         self.teacher = copy.deepcopy(model).requires_grad_(False)  # EMA of the student

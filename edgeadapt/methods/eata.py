@@ -36,7 +36,9 @@ class EATAAdapter(Adapter):
         self.fisher = nn.Module()  # buffers: weight_<i> = Fisher diagonal, anchor_<i> = θ₀
         self.selected_reliable = 0  # samples past the entropy filter (for reports)
         self.selected_total = 0  # samples past both filters
-        return configure_bn_affine(model, self.config.lean, self.config.stat_window)
+        return configure_bn_affine(
+            model, self.config.lean, self.config.stat_window, self.config.own_statistics_from
+        )
 
     def trainable_parameters(self):  # type: ignore[override]
         return (p for p in self.model.parameters() if p.requires_grad)

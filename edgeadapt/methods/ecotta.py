@@ -80,7 +80,7 @@ class EcoTTAAdapter(Adapter):
         bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
         if c.stat_window is not None:
             streamed = bns if c.frozen_bn == "batch" else [m for m in bns if m in meta_bns]
-            use_test_statistics(streamed, c.stat_window)
+            use_test_statistics(streamed, c.stat_window, c.own_statistics_from)
         elif c.frozen_bn == "batch":
             use_test_statistics([m for m in bns if m not in meta_bns], None)
         if c.lean:

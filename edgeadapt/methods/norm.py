@@ -23,7 +23,7 @@ class NormAdapter(Adapter):
         model.eval()
         model.requires_grad_(False)
         bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-        use_test_statistics(bns, self.config.stat_window)
+        use_test_statistics(bns, self.config.stat_window, self.config.own_statistics_from)
         return model
 
 

@@ -60,7 +60,9 @@ class SARAdapter(Adapter):
         self.entropy_threshold = entropy_margin(self.config.entropy_margin, self.num_classes)
         self.loss_average: float | None = None  # moving average of the second step's entropy
         self.recoveries = 0
-        return configure_bn_affine(model, self.config.lean, self.config.stat_window)
+        return configure_bn_affine(
+            model, self.config.lean, self.config.stat_window, self.config.own_statistics_from
+        )
 
     def trainable_parameters(self):  # type: ignore[override]
         return (p for p in self.model.parameters() if p.requires_grad)

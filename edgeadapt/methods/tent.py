@@ -21,7 +21,10 @@ __all__ = ["TentAdapter", "configure_bn_affine"]
 
 
 def configure_bn_affine(
-    model: nn.Module, lean: bool = False, stat_window: WindowSpec | None = None
+    model: nn.Module,
+    lean: bool = False,
+    stat_window: WindowSpec | None = None,
+    own_statistics_from: int | None = None,
 ) -> nn.Module:
     """Freeze everything but BN affine parameters; BN on test statistics (over about
     `stat_window` samples; None: each batch's own); optionally make the frozen convs and ReLUs
@@ -29,7 +32,7 @@ def configure_bn_affine(
     model.eval()
     model.requires_grad_(False)
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    use_test_statistics(bns, stat_window)
+    use_test_statistics(bns, stat_window, own_statistics_from)
     for m in bns:
         if m.affine:
             m.weight.requires_grad_(True)
@@ -43,7 +46,9 @@ class TentAdapter(Adapter):
     config: TentConfig
 
     def configure(self, model: nn.Module, example_input: Tensor) -> nn.Module:
-        return configure_bn_affine(model, self.config.lean, self.config.stat_window)
+        return configure_bn_affine(
+            model, self.config.lean, self.config.stat_window, self.config.own_statistics_from
+        )
 
     def loss(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         logits = self.model(x)

@@ -47,7 +47,7 @@ from edgeadapt.modules.lean import (
     masked_grad,
     pack_positive,
 )
-from edgeadapt.modules.stream_norm import StreamBatchNorm2d, stream_moments, stream_weight
+from edgeadapt.modules.stream_norm import StreamBatchNorm2d, bn_stream_weight, stream_moments
 
 __all__ = ["BlockTape", "block_backward", "block_forward", "block_vjp", "residual_layers"]
 
@@ -100,7 +100,7 @@ def _norm(bn: nn.BatchNorm2d, x: Tensor) -> _Norm:
     """How `bn` normalises `x` (mirroring BatchNorm2d's and StreamBatchNorm2d's forward)."""
     mean = r = None
     if bn.training or bn.running_mean is None or bn.running_var is None:
-        alpha = stream_weight(x.shape[0], bn.window) if isinstance(bn, StreamBatchNorm2d) else 1
+        alpha = bn_stream_weight(bn, x.shape[0]) if isinstance(bn, StreamBatchNorm2d) else 1
         if alpha >= 1.0:  # the batch's own statistics: the gradient runs through them
             mean, var = _batch_moments(x)
             r = torch.rsqrt(var + bn.eps)

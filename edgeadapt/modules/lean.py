@@ -40,10 +40,10 @@ from torch import Tensor, nn
 from edgeadapt.errors import EdgeAdaptError
 from edgeadapt.modules.stream_norm import (
     StreamBatchNorm2d,
+    bn_stream_weight,
     stream_moments,
     stream_state,
     stream_state_as,
-    stream_weight,
 )
 
 __all__ = [
@@ -380,7 +380,7 @@ def lean_test_norm(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
     if trains and bn.weight is not None and bool((bn.weight == 0).any()):
         return type(bn).forward(bn, x)
     if isinstance(bn, StreamBatchNorm2d):
-        alpha = stream_weight(x.shape[0], bn.window)
+        alpha = bn_stream_weight(bn, x.shape[0])
         if alpha < 1.0:  # constant statistics: frozen, the layer keeps only a scale itself
             if not trains:
                 return type(bn).forward(bn, x)

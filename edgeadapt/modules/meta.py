@@ -26,10 +26,10 @@ from edgeadapt.modules.frozen_block import (
 from edgeadapt.modules.lean import consuming_outputs, lean_relu, lean_test_norm, rebuilder
 from edgeadapt.modules.stream_norm import (
     StreamBatchNorm2d,
+    bn_stream_weight,
     stream_moments,
     stream_state,
     stream_state_as,
-    stream_weight,
 )
 
 __all__ = ["MetaConvBlock", "MetaPart", "recomputations", "recomputing"]
@@ -129,7 +129,7 @@ class MetaConvBlock(nn.Module):
             return F.relu(self.bn(self.conv(x)))
         bn = self.bn
         stream = isinstance(bn, StreamBatchNorm2d)
-        alpha = stream_weight(x.shape[0], bn.window) if stream else 1.0
+        alpha = bn_stream_weight(bn, x.shape[0]) if stream else 1.0
         has_stats = bn.running_mean is not None and bn.running_var is not None
         tracked = bn.track_running_stats and has_stats
         # Copies: the stream update below would otherwise change what backward recomputes with.

@@ -9,7 +9,10 @@ robust BN (Yuan et al., CVPR 2023) instead keeps statistics that every batch nud
 Here a batch of N samples is normalised with a mixture of the stream's statistics (weight
 1 − α) and its own (weight α), α = min(1, N / window): the statistics of about the last
 `window` samples. A batch of `window` samples or more uses its own statistics alone, exactly
-as the published methods do; smaller batches fold into the stream's. The mixture is taken of
+as the published methods do; smaller batches fold into the stream's. So does a batch of
+`own_from` samples or more (AdaptConfig.own_statistics_from, 64 by default): the long windows
+that single frames need lag behind a continual stream that batches of 64 follow by themselves
+(benchmarks/cifar10c/tune_stream_b64.md). The mixture is taken of
 first and second moments, so its variance also counts how the frames' means differ (mixing
 variances, as RBN does, would at batch 1 normalise with the within-frame spread alone). The
 stream's statistics start from the source model's running statistics and live in the BN's own
@@ -38,6 +41,7 @@ from edgeadapt.errors import ConfigError
 __all__ = [
     "StreamBatchNorm2d",
     "WindowSpec",
+    "bn_stream_weight",
     "stream_moments",
     "stream_state",
     "stream_state_as",
@@ -68,9 +72,18 @@ def stream_windows(spec: WindowSpec, count: int) -> list[int]:
     return [round(first * (last / first) ** (i / (count - 1))) for i in range(count)]
 
 
-def stream_weight(batch: int, window: int) -> float:
-    """α, the weight of a batch of `batch` samples in statistics over about `window`."""
+def stream_weight(batch: int, window: int, own_from: int | None = None) -> float:
+    """α, the weight of a batch of `batch` samples in statistics over about `window`; 1 (its
+    own statistics alone) for a batch of `own_from` samples or more."""
+    if own_from is not None and batch >= own_from:
+        return 1.0
     return min(1.0, batch / window)
+
+
+def bn_stream_weight(bn: nn.Module, batch: int) -> float:
+    """α of a batch of `batch` samples in stream BN `bn` (`StreamBatchNorm2d` or its export
+    twin), by its window and threshold."""
+    return stream_weight(batch, bn.window, bn.own_from)
 
 
 def stream_moments(
@@ -98,13 +111,14 @@ class StreamBatchNorm2d(nn.BatchNorm2d):
     """
 
     window: int = 64  # samples the statistics span; set per layer by use_stream_statistics
+    own_from: int | None = None  # a batch this large uses its own statistics alone
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        alpha = stream_weight(x.shape[0], self.window)
+        alpha = bn_stream_weight(self, x.shape[0])
         update = self.track_running_stats
         if alpha >= 1.0:  # the published rule, with PyTorch's own kernel
             stats = (self.running_mean, self.running_var) if update else (None, None)
@@ -123,9 +137,10 @@ class StreamBatchNorm2d(nn.BatchNorm2d):
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
-def use_stream_statistics(bn: nn.BatchNorm2d, window: int) -> None:
+def use_stream_statistics(bn: nn.BatchNorm2d, window: int, own_from: int | None = None) -> None:
     """Make `bn` normalise on stream statistics over about `window` samples, starting from its
-    running (source) statistics; in place, training mode, tracking on."""
+    running (source) statistics, and a batch of `own_from` samples or more (None: never) with
+    its own statistics alone; in place, training mode, tracking on."""
     if bn.running_mean is None or bn.running_var is None:
         raise ConfigError(
             f"{type(bn).__name__}({bn.num_features}) keeps no running statistics, which stream "
@@ -136,6 +151,7 @@ def use_stream_statistics(bn: nn.BatchNorm2d, window: int) -> None:
         raise ConfigError(f"the statistics window must be >= 1 sample, got {window}")
     bn.__class__ = StreamBatchNorm2d
     bn.window = int(window)
+    bn.own_from = None if own_from is None else int(own_from)
     bn.track_running_stats = True
     bn.train()
 

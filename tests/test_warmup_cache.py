@@ -1,0 +1,80 @@
+"""The warm-up cache: a repeated warm-up is read back bit-exact (adapter state, reset point and
+the global RNG after it), anything that changes the warm-up misses, a damaged entry is rebuilt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_setup_data import source_folder
+
+import edgeadapt
+from edgeadapt.api import prepare_adapter
+from edgeadapt.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def installed_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEADAPT_SHARED", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("EDGEADAPT_CACHE", str(tmp_path / "cache"))
+
+
+def _warmed(folder: Path, cache: Path, *, steps: int = 2, seed: int = 0, lines=None):
+    torch.manual_seed(0)  # same model, same meta-network initialisation, same global RNG
+    model = create_model("tiny_resnet")
+    example = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    adapter = edgeadapt.wrap(model, edgeadapt.EcoTTAConfig(), example_input=example)
+    record = prepare_adapter(
+        adapter, folder, warmup_steps=steps, input_size=(16, 16), progress=False, seed=seed,
+        log=(lines.append if lines is not None else None), warmup_cache=cache,
+    )  # fmt: skip
+    return adapter, record, torch.get_rng_state()
+
+
+def _same_state(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_repeated_warm_up_is_read_back_bit_exact(tmp_path):
+    folder, cache = source_folder(tmp_path / "source"), tmp_path / "warmups"
+    first, record, rng = _warmed(folder, cache)
+    assert len(list(cache.glob("*.pt"))) == 1
+    lines: list[str] = []
+    again, record2, rng2 = _warmed(folder, cache, lines=lines)
+    assert any("from the cache" in line for line in lines)
+    assert record2 == record and torch.equal(rng2, rng)
+    assert _same_state(first, again)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first(x), again(x))  # and they adapt alike from there
+    first.reset(), again.reset()  # the reset point is the warmed-up state in both
+    assert _same_state(first, again)
+    fresh, _, _ = _warmed(folder, None)
+    assert _same_state(first, fresh)  # a hit equals no cache at all
+
+
+def test_a_different_warm_up_misses_and_a_damaged_entry_is_rebuilt(tmp_path):
+    folder, cache = source_folder(tmp_path / "source"), tmp_path / "warmups"
+    _warmed(folder, cache)
+    _warmed(folder, cache, steps=3)
+    _warmed(folder, cache, seed=1)
+    entries = sorted(cache.glob("*.pt"))
+    assert len(entries) == 3
+    for entry in entries:
+        entry.write_bytes(b"not a torch file")
+    lines: list[str] = []
+    adapter, _, _ = _warmed(folder, cache, lines=lines)
+    assert not any("from the cache" in line for line in lines)
+    fresh, _, _ = _warmed(folder, None)
+    assert _same_state(adapter, fresh)
+
+
+def test_bench_refuses_a_cache_under_a_file(tmp_path, capsys):
+    from edgeadapt.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["bench", "--checkpoint", str(tmp_path / "none.pt"), "--methods", "ecotta",
+                 "--warmup-cache", str(blocker / "cache")])  # fmt: skip
+    assert code == 2 and "--warmup-cache" in capsys.readouterr().err
