@@ -3,7 +3,8 @@
 A warm-up of 500 steps takes minutes on a CPU, and a benchmark over batch sizes and streams
 repeats it for every run. The warm-up is deterministic given what goes in, so its result is
 stored under a digest of everything that goes in: the adapter's full state before the warm-up
-(model, meta networks, their initialisation), its config, the source file (path, size, mtime),
+(model, meta networks, their initialisation), its config (less the fields a warm-up never
+reads: `NOT_READ_BY_WARMUP`), the source file (path, size, mtime),
 the steps, lr, seed, normalisation and input size, and the global RNG state. The entry holds
 the adapter's state after the warm-up and the RNG state after it, so a hit leaves the process
 exactly where a warm-up would have left it. Entries are written atomically and read with
@@ -24,6 +25,13 @@ import torch
 from torch import nn
 
 __all__ = ["cached_warmup"]
+
+# Config fields a warm-up never reads (it has its own Adam and lr, and runs every sample):
+# configs that differ only in these share one entry, so a sweep over them warms up once.
+NOT_READ_BY_WARMUP = frozenset({
+    "lr", "optimizer", "momentum", "weight_decay", "steps", "episodic", "small_batch",
+    "entropy_margin", "restore_prob", "entropy_weighting",
+})  # fmt: skip
 
 
 def cached_warmup(
@@ -57,7 +65,8 @@ def _digest(adapter: nn.Module, inputs: dict[str, Any], source: Path) -> str:
 
     h = hashlib.sha256()
     stat = source.stat()
-    about = {**inputs, "config": to_dict(adapter.config), "source": str(source.resolve()),
+    config = {k: v for k, v in to_dict(adapter.config).items() if k not in NOT_READ_BY_WARMUP}
+    about = {**inputs, "config": config, "source": str(source.resolve()),
              "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}  # fmt: skip
     h.update(json.dumps(about, sort_keys=True, default=str).encode())
     h.update(torch.get_rng_state().numpy().tobytes())

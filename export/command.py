@@ -62,6 +62,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="ecotta: warm-up steps of 64 source images before export",
     )
     p.add_argument(
+        "--warmup-cache",
+        default=None,
+        help="ecotta: a folder that keeps warm-ups; an export that would repeat one exactly "
+        "(same model, settings, source data, steps) reads it back instead",
+    )
+    p.add_argument(
         "--no-warmup",
         action="store_true",
         help="ecotta/eata: export without warm-up (freshly initialised meta networks, which "
@@ -298,6 +304,10 @@ def _check_setup_args(args: argparse.Namespace) -> None:
         raise ConfigError("--source-data and --no-warmup exclude each other; pass one")
     input_file(args.source_data, "--source-data", folder_ok=True)
     at_least(args.warmup_steps, 1, "--warmup-steps", " (--no-warmup skips the warm-up)")
+    if args.warmup_cache is not None:
+        from edgeadapt._cli_args import output_folder
+
+        output_folder(args.warmup_cache, "--warmup-cache")
 
 
 def _setup_source(args: argparse.Namespace):
@@ -388,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.adapter and args.method != "source":
         record = prepare_adapter(
             model, setup_source, warmup_steps=args.warmup_steps, no_warmup=setup_source is None,
-            input_size=shape[2:], log=print,
+            input_size=shape[2:], log=print, warmup_cache=args.warmup_cache,
         )  # fmt: skip
     starts_from = _starts_from(args, record)
     print(f"the program starts from: {starts_from['summary']}")

@@ -108,13 +108,9 @@ class PlainStreamBatchNorm2d(nn.Module):
 
     def affine(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
         """(scale, shift) per channel that normalise with (mean, var) and apply γ, β."""
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return scale, shift
+        from edgeadapt.modules.stream_norm import normalising_affine
+
+        return normalising_affine(mean, var, self.weight, self.bias, self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.alpha(x) >= 1.0:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgeadapt.modules.stream_norm import normalising_affine
+
 __all__ = [
     "FixedBatchNorm2d",
     "Int8WeightConv2d",
@@ -161,12 +163,7 @@ def _folded_conv_bn(x: Tensor, conv: nn.Conv2d, bn: StatsBatchNorm2d) -> Tensor:
     second = F.conv2d(planes, planes).reshape(c, c) / float(h * w)
     mean_z = weight @ mean_x
     var_z = (((weight @ second) * weight).sum(dim=1) - mean_z * mean_z).clamp_min(0.0)
-    a = torch.rsqrt(var_z + bn.eps)
-    if bn.weight is not None:
-        a = a * bn.weight
-    shift = -mean_z * a
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    a, shift = normalising_affine(mean_z, var_z, bn.weight, bn.bias, bn.eps)
     scaled = (weight * a.view(-1, 1)).reshape(conv.weight.shape)
     # On the subsampled pixels with stride 1: the weight gradient then reads the small xs,
     # and the full-resolution x need not be kept.

@@ -189,12 +189,19 @@ def test_ecotta_device_configuration_rounds_frozen_weights_to_int8(tiny_model, e
     for conv in frozen:  # each weight is exactly an int8 value times its channel's scale
         q, scale = int8_weight(conv.weight)
         assert torch.equal(q.float() * scale.view(-1, 1, 1, 1), conv.weight)
-    assert not any(
-        m.training for m in adapter.model.modules()
-        if isinstance(m, torch.nn.BatchNorm2d) and not isinstance(m, StreamBatchNorm2d)
-    )  # fmt: skip
+    bns = [m for m in adapter.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(isinstance(m, StreamBatchNorm2d) for m in bns)  # frozen and meta: the stream
     before = {n: p.detach().clone() for n, p in adapter.named_parameters() if p.requires_grad}
     for frame in _frames(12).split(1):
         adapter(frame)
     assert any(not torch.equal(p, before[n]) for n, p in adapter.named_parameters() if n in before)
     assert isinstance(adapter.optimizer, torch.optim.SGD)
+
+
+def test_ecotta_device_configuration_predictions_vary_across_frames(tiny_model, example):
+    from edgeadapt.config import EcoTTAConfig
+
+    frames = _frames(24)
+    source = _spread(tiny_model.eval()(_frames(8, seed=9)))
+    config = EcoTTAConfig.device(lr=1e-2, entropy_margin=10.0)
+    assert _single_frame_spread(tiny_model, config, example, frames) > 0.5 * source

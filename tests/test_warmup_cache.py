@@ -20,11 +20,11 @@ def installed_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEADAPT_CACHE", str(tmp_path / "cache"))
 
 
-def _warmed(folder: Path, cache: Path, *, steps: int = 2, seed: int = 0, lines=None):
+def _warmed(folder: Path, cache: Path, *, steps: int = 2, seed: int = 0, lines=None, **config):
     torch.manual_seed(0)  # same model, same meta-network initialisation, same global RNG
     model = create_model("tiny_resnet")
     example = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    adapter = edgeadapt.wrap(model, edgeadapt.EcoTTAConfig(), example_input=example)
+    adapter = edgeadapt.wrap(model, edgeadapt.EcoTTAConfig(**config), example_input=example)
     record = prepare_adapter(
         adapter, folder, warmup_steps=steps, input_size=(16, 16), progress=False, seed=seed,
         log=(lines.append if lines is not None else None), warmup_cache=cache,
@@ -52,6 +52,11 @@ def test_a_repeated_warm_up_is_read_back_bit_exact(tmp_path):
     assert _same_state(first, again)
     fresh, _, _ = _warmed(folder, None)
     assert _same_state(first, fresh)  # a hit equals no cache at all
+    # Another adaptation lr and optimiser: the warm-up is the same, and so is the entry.
+    lines.clear()
+    sgd, _, _ = _warmed(folder, cache, lines=lines, optimizer="sgd", lr=1e-4)
+    assert any("from the cache" in line for line in lines)
+    assert _same_state(sgd, _warmed(folder, None, optimizer="sgd", lr=1e-4)[0])
 
 
 def test_a_different_warm_up_misses_and_a_damaged_entry_is_rebuilt(tmp_path):
@@ -59,8 +64,9 @@ def test_a_different_warm_up_misses_and_a_damaged_entry_is_rebuilt(tmp_path):
     _warmed(folder, cache)
     _warmed(folder, cache, steps=3)
     _warmed(folder, cache, seed=1)
+    _warmed(folder, cache, frozen_bn="eval")  # a field the warm-up reads
     entries = sorted(cache.glob("*.pt"))
-    assert len(entries) == 3
+    assert len(entries) == 4
     for entry in entries:
         entry.write_bytes(b"not a torch file")
     lines: list[str] = []

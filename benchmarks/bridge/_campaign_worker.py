@@ -28,6 +28,7 @@ def main(spec_path: str) -> int:
 
     with BridgeClient.open(spec["port"], timeout=spec["timeout"], retries=spec["retries"],
                            max_payload=spec["max_payload"]) as dev:  # fmt: skip
+        note({"i": -1, "event": "ready"})  # the campaign's kill timer starts here
         for i, op in enumerate(spec["ops"]):
             note({"i": i, "event": "sent"})
             try:

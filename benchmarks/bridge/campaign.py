@@ -45,6 +45,7 @@ from edgeadapt.firmware_bridge import (  # noqa: E402
     ErrorCode,
     ResetKind,
     Target,
+    TransportError,
 )
 from edgeadapt.firmware_bridge.emulator import EmulatorProcess, Faults  # noqa: E402
 from edgeadapt.firmware_bridge.emulator.payloads import (  # noqa: E402
@@ -98,6 +99,7 @@ class Campaign:
         self.emu: EmulatorProcess | None = None
         self.client: BridgeClient | None = None
         self.boot_id = 0
+        self.worker_span = 0.2  # seconds a host worker's operations take, learnt as it runs
 
     # -- the two processes ------------------------------------------------------------------
 
@@ -131,6 +133,13 @@ class Campaign:
             try:
                 self.set_faults(Faults())
                 return
+            except TransportError:
+                # The port went away: a device killed a moment ago and not yet reaped, or a
+                # line a host must open again, as a real host reopens a re-enumerated port.
+                try:
+                    self.emu.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    self.open_client()
             except BridgeError:
                 continue
         raise RuntimeError("the emulator does not come back; see its log in " + str(self.work))
@@ -267,7 +276,7 @@ class Campaign:
         elif kind == "pull":
             self.expect(op, result == ref.adapter_blob())
         elif kind == "stream":
-            self.expect(op, self.stream_matches(op, result))
+            self.expect(op, *self.stream_matches(op, result))
         elif kind == "reset":
             ref.reset()
         elif op.get("expect_role"):
@@ -283,10 +292,17 @@ class Campaign:
               and torch.equal(decode_output(r.output, logits.shape), logits))  # fmt: skip
         self.expect(op, ok, f"step {r.step} vs {self.ref.step}, loss {r.loss} vs {loss}")
 
-    def stream_matches(self, op: dict, results) -> bool:
+    def stream_matches(self, op: dict, results) -> tuple[bool, str]:
         want, adapted = self.stream_reference(op["xs"], op["adapt"], len(op["xs"]) // 4)
         got = torch.cat([decode_output(r.output, (1, -1)) for r in results])
-        return torch.equal(got, want) and [r.adapted for r in results] == adapted
+        flags = [r.adapted for r in results]
+        ok = got.shape == want.shape and torch.equal(got, want) and flags == adapted
+        frames = [] if got.shape != want.shape else [
+            j for j in range(len(want)) if not torch.equal(got[j], want[j])]  # fmt: skip
+        return ok, (f"{len(results)} results for {len(op['xs'])} frames, adapt={op['adapt']}, "
+                    f"flags {flags} vs {adapted}, frames differing {frames}, device step "
+                    f"{[getattr(r, 'step', None) for r in results]}, reference step "
+                    f"{self.ref.step}")  # fmt: skip
 
     def stream_reference(self, xs, adapt: bool, steps: int):
         rows, flags, n, b = [], [], len(xs), SHAPE[0]
@@ -397,8 +413,14 @@ class Campaign:
         self.client = None
         worker = subprocess.Popen([sys.executable, str(HERE / "_campaign_worker.py"), str(spec)],
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        # The kill lands while the worker's requests run, not while it starts up: the timer
+        # starts when it has opened the port, and is drawn over how long workers that were
+        # not killed took (their requests take milliseconds on the tiny programs).
+        _wait_for_line(journal, '"ready"', worker, limit=30.0)
+        ready = time.monotonic()
         try:
-            worker.wait(timeout=self.rng.uniform(0.4, 2.5))
+            worker.wait(timeout=self.rng.uniform(0.0, 1.2 * self.worker_span))
+            self.worker_span = 0.5 * self.worker_span + 0.5 * (time.monotonic() - ready)
         except subprocess.TimeoutExpired:
             worker.kill()  # kill -9, wherever it is
             worker.wait()
@@ -407,7 +429,8 @@ class Campaign:
             if journal.exists() else []  # fmt: skip
         state = {}
         for e in events:
-            state[e["i"]] = e
+            if e["i"] >= 0:
+                state[e["i"]] = e
         for k, op in enumerate(ops):
             e = state.get(k)
             if e is None:
@@ -517,6 +540,15 @@ class Campaign:
         self.check_state("end")
         self.expect({"i": i, "kind": "final pull"},
                     self.client.get_adapter() == self.ref.adapter_blob())  # fmt: skip
+
+
+def _wait_for_line(path: Path, marker: str, proc: subprocess.Popen, limit: float) -> None:
+    """Until `path` holds `marker`, `proc` has exited, or `limit` seconds have passed."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end and proc.poll() is None:
+        if path.exists() and marker in path.read_text():
+            return
+        time.sleep(0.005)
 
 
 def main() -> None:

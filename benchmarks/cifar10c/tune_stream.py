@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=1, help="frames per step (default 1)")
+    ap.add_argument("--streams", default=",".join(STREAMS), help="comma list (default: both)")
     ap.add_argument("--only", default=None, help="labels to run, separated by ';' (default: all)")
     ap.add_argument("--out", default=None, help="folder for per-run JSON and logs")
     args = ap.parse_args()
@@ -98,7 +99,10 @@ def main() -> None:
               "--n-images", str(args.n_images)]  # fmt: skip
     common += ["--warmup-cache", str(out / "warmups")]  # one warm-up per EcoTTA configuration
     jobs, labels = {}, {}
-    for stream in STREAMS:
+    streams = [x for x in args.streams.split(",") if x]
+    if set(streams) - set(STREAMS):
+        ap.error(f"--streams: choose from {STREAMS}")
+    for stream in streams:
         for label in chosen:
             method, settings = SETTINGS[label]
             name = job_name(stream, label)
@@ -110,7 +114,7 @@ def main() -> None:
     start = time.time()
     run_parallel(jobs, out, args.workers)
     rows = []
-    for stream in STREAMS:
+    for stream in streams:
         payload = merge(out, [job_name(stream, label) for label in SETTINGS], labels)
         for r in results_from_json(payload):
             rows.append({"stream": stream, "setting": r.method, "mean_error": r.mean_error,

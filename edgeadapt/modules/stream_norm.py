@@ -42,6 +42,7 @@ __all__ = [
     "StreamBatchNorm2d",
     "WindowSpec",
     "bn_stream_weight",
+    "normalising_affine",
     "stream_moments",
     "stream_state",
     "stream_state_as",
@@ -128,13 +129,21 @@ class StreamBatchNorm2d(nn.BatchNorm2d):
             with torch.no_grad():
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
+        scale, shift = normalising_affine(mean, var, self.weight, self.bias, self.eps)
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
+def normalising_affine(
+    mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """(scale, shift) per channel that normalise with (mean, var) and then apply γ, β."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
 
 
 def use_stream_statistics(bn: nn.BatchNorm2d, window: int, own_from: int | None = None) -> None:

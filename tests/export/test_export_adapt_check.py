@@ -26,19 +26,19 @@ def _images(n: int = 40, size: int = 16) -> torch.Tensor:
     return 1.5 * torch.randn(n, 3, size, size, generator=gen) + 0.3
 
 
-def _device_ecotta(model, lr: float = 5e-2, **extra):
-    """EcoTTA as a device runs it: source BNs, int8 frozen weights, SGD, single frames."""
-    config = edgeadapt.EcoTTAConfig(
-        frozen_bn="eval", frozen_weights="int8", optimizer="sgd", momentum=0.0, lr=lr,
-        entropy_margin=10.0, **extra,
-    )  # fmt: skip
+def _device_ecotta(model, lr: float = 5e-2, frozen_bn: str = "batch", **extra):
+    """EcoTTA as a device runs it (EcoTTAConfig.device(): frozen BNs on the stream, int8
+    frozen weights, SGD), single frames; or with the frozen BNs on source statistics."""
+    config = edgeadapt.EcoTTAConfig.device(
+        frozen_bn=frozen_bn, momentum=0.0, lr=lr, entropy_margin=10.0, **extra
+    )
     return edgeadapt.wrap(model, config, example_input=_images(2))
 
 
-@pytest.fixture(scope="module")
-def tiny_program(tmp_path_factory):
+@pytest.fixture(scope="module", params=["batch", "eval"])
+def tiny_program(request, tmp_path_factory):
     torch.manual_seed(0)
-    adapter = _device_ecotta(edgeadapt.create_model("tiny_resnet"))
+    adapter = _device_ecotta(edgeadapt.create_model("tiny_resnet"), frozen_bn=request.param)
     path = tmp_path_factory.mktemp("check") / "ecotta_b1.pte"
     report = to_training_program(adapter, _images(1), path, quantize="int8",
                                  check_images=_images())  # fmt: skip

@@ -50,6 +50,8 @@ def _refused(capsys, argv: list[str]) -> str:
         (["--random-weights", "--quantize", "int8", "--calibration-data", "nope"],
          "--calibration-data"),
         (["--random-weights", "--method", "tent", "--adapter", "nope.pt"], "--adapter"),
+        (["--random-weights", "--method", "ecotta", "--source-data", "tests",
+          "--warmup-cache", "tests/conftest.py/cache"], "--warmup-cache"),
         ([], "--checkpoint"),  # random weights only when asked for
         (["--checkpoint", "nope.pt"], "--checkpoint"),
         (["--checkpoint", "nope.pt", "--random-weights"], "--random-weights"),
