@@ -304,7 +304,7 @@ class BridgeClient:
     def stream(
         self, frames: Iterable[bytes], *, adapt: bool = False, window: int = 4
     ) -> Iterator[StreamResult]:
-        """Send frames as fast as the device's credits allow; yield results as they arrive.
+        """Send frames as fast as the device's credits allow; yield results in frame order.
 
         At most `window` (or the device's smaller grant) frames are in flight. Stream frames
         are not retransmitted: a lost frame or result ends the stream with an error (the

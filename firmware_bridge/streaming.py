@@ -36,13 +36,13 @@ def run_stream(
     adapt: bool = False,
     window: int = 4,
 ) -> Iterator[StreamResult]:
-    """Generator behind `BridgeClient.stream`; results come in the device's order."""
+    """Generator behind `BridgeClient.stream`; results come in frame order."""
     grant = request(StreamStart(window, int(adapt)), StreamCredit)
     credits = grant.credits
     if not 0 < credits <= window:
         raise ProtocolError(f"device granted {credits} stream credits for a window of {window}")
     pending: dict[int, int] = {}  # seq -> frame_id of frames in flight
-    ready: list[StreamResult] = []
+    ready: list[tuple[int, StreamResult]] = []  # (frame index, result) not yet yielded
     refused: list[DeviceError] = []
 
     def take(reply: Reply) -> None:
@@ -63,7 +63,7 @@ def run_stream(
         if result.frame_id != frame_id & 0xFFFFFFFF:
             raise ProtocolError(f"stream frame {frame_id} answered for frame {result.frame_id}")
         credits += result.credit
-        ready.append(result)
+        ready.append((frame_id, result))
 
     stopped = False
     try:
@@ -87,8 +87,15 @@ def run_stream(
                 request(StreamStop(), Ack, on_other=lambda _reply: None)
 
 
-def _drain(ready: list[StreamResult], refused: list[DeviceError]) -> Iterator[StreamResult]:
+def _drain(
+    ready: list[tuple[int, StreamResult]], refused: list[DeviceError]
+) -> Iterator[StreamResult]:
+    """Yield the results received so far in frame order. The device answers in order, but
+    a result lost at STREAM_STOP comes again in the cached answer to the repeated STOP
+    (§3.3), after later results that got through the first time; all of them arrive
+    within the STOP exchange and are yielded only after it, so sorting puts them right."""
     if refused:
         raise refused[0]
+    ready.sort(key=lambda item: item[0])
     while ready:
-        yield ready.pop(0)
+        yield ready.pop(0)[1]

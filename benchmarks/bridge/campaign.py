@@ -300,6 +300,7 @@ class Campaign:
         frames = [] if got.shape != want.shape else [
             j for j in range(len(want)) if not torch.equal(got[j], want[j])]  # fmt: skip
         return ok, (f"{len(results)} results for {len(op['xs'])} frames, adapt={op['adapt']}, "
+                    f"frame ids {[r.frame_id for r in results]}, "
                     f"flags {flags} vs {adapted}, frames differing {frames}, device step "
                     f"{[getattr(r, 'step', None) for r in results]}, reference step "
                     f"{self.ref.step}")  # fmt: skip

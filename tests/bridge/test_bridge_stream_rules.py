@@ -57,3 +57,19 @@ def test_a_refused_frame_costs_no_credit_and_the_client_closes_the_stream(bridge
     assert err.value.code == ErrorCode.EXECUTION_FAILED
     assert fake.stream_open is False  # the client sent STREAM_STOP on its way out
     assert [r.output for r in client.stream([b"x", b"y", b"z"], window=2)] == [b"x", b"y", b"z"]
+
+
+def test_results_recovered_by_a_repeated_stop_come_in_frame_order(bridge, line) -> None:
+    # The short last batch (frames 4 and 5) is answered at STREAM_STOP: result 4 and the ACK
+    # are lost, result 5 gets through. The repeated STOP is answered from the retransmission
+    # cache (results 4, 5, ACK), so result 4 arrives after result 5; the client must still
+    # yield them in frame order (seen as a wrong stream result in the fault campaign).
+    client, fake = bridge(device={"infer": lambda d: d[::-1], "stream_batch": 4})
+    client.connect()
+    # Device writes: 0 credit, 1-4 results of frames 0-3, 5-6 results 4-5, 7 ACK, 8- replay.
+    fake.transport.mangle = line(drop={5, 7})
+    frames = [bytes([i, 100 + i]) for i in range(6)]
+    results = list(client.stream(frames, window=4))
+    assert fake.counts["duplicates"] == 1  # the STOP was answered from the cache
+    assert [r.frame_id for r in results] == list(range(6))
+    assert [r.output for r in results] == [f[::-1] for f in frames]
