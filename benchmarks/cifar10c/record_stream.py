@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--batches", default=None, help="comma list; long-term: 1")
     ap.add_argument("--streams", default=None, help="comma list; long-term: correlated")
     ap.add_argument("--out", default=None, help="folder for per-run JSON, logs and progress")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the tables from the runs in --out so far")  # fmt: skip
     args = ap.parse_args()
     rounds = SUITES[args.suite]
     long_term = args.suite == "long-term"
@@ -95,7 +97,8 @@ def main() -> None:
                 jobs[name] = bench_command(name, out, [*common, *extra])
                 order.append(name)
     start = time.time()
-    run_parallel(jobs, out, args.workers)
+    if not args.report_only:
+        run_parallel(jobs, out, args.workers)
     payload = merge(out, order, labels)
     payload["meta"] = {
         "suite": args.suite, "rounds": rounds, "severity": 5, "n_images": args.n_images,
