@@ -10,8 +10,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from edgeadapt._registry import METHODS
+from edgeadapt._suggest import unknown_name_message
 from edgeadapt.config import AdaptConfig, config_from_dict
-from edgeadapt.errors import ConfigError, UnknownNameError
+from edgeadapt.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    PartitionError,
+    UnknownNameError,
+)
 from edgeadapt.setup_data import SourceData, SourceDataError, prepare_adapter
 
 __all__ = [
@@ -41,7 +47,7 @@ def config_for(method: str, **fields: Any) -> AdaptConfig:
     """The config of a method by name, e.g. `config_for("tent", lr=1e-4)`."""
     registry = _registry()
     if method not in registry:
-        raise UnknownNameError(f"unknown method {method!r}; available: {sorted(registry)}")
+        raise UnknownNameError(unknown_name_message("method", method, sorted(registry)))
     try:
         return registry[method][0](**fields)
     except TypeError as exc:
@@ -81,11 +87,25 @@ def load_adapter(
     example_input: Tensor | None = None,
     strict_weights: bool = True,
 ):
-    """Wrap `model` with the config saved in `path` and load the saved adapter weights."""
+    """An adapter around a copy of `model`, with the method, config and adapter weights saved
+    in `path` (by `adapter.save(path)`); `model` itself is not modified.
+
+    The file is read with `torch.load(weights_only=True)`, so an untrusted file cannot run
+    code. Raises `AdapterNotFoundError` (a FileNotFoundError) when there is no file,
+    `CheckpointMismatchError` when the file is not an adapter or was saved for another
+    architecture, frozen weights (unless `strict_weights=False`) or partition of the model.
+    """
     from edgeadapt.methods.base import read_adapter_file
 
+    if isinstance(model, (str, Path)) and isinstance(path, nn.Module):
+        raise ConfigError("load_adapter takes the model first: load_adapter(model, path)")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"load_adapter needs an nn.Module, got {type(model).__name__}")
     payload = read_adapter_file(path)
     config = config_from_dict(json.loads(payload["config"]))
-    adapter = wrap(model, config, example_input=example_input)
+    try:
+        adapter = wrap(model, config, example_input=example_input)
+    except PartitionError as exc:  # the saved parts name modules this model lacks
+        raise CheckpointMismatchError(f"{path} was saved for another model: {exc}") from exc
     adapter.load(path, strict_weights=strict_weights)
     return adapter

@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from edgeadapt._extras import as_missing_extra
 from edgeadapt.errors import ConfigError, EdgeAdaptError
 
 __all__ = ["main"]
 
 ALL_METHODS = "source,norm,tent,eata,cotta,ecotta"
+
+SHOW_WARNINGS_ENV = "EDGEADAPT_SHOW_WARNINGS"
+# Libraries whose warnings are about their own internals (executorch's "Mutation on a buffer
+# in the model is detected", torch's pytree deprecations, torchao's missing CUDA kernels): a
+# screenful on every export that the user can do nothing about. edgeadapt's own warnings are
+# never hidden.
+THIRD_PARTY = (
+    "torch",
+    "torchvision",
+    "torchao",
+    "executorch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "coremltools",
+)
+# Their warnings by the module they are attributed to; copyreg too: torch's deprecated classes
+# warn when copied or unpickled, attributed to copyreg (the caller of their __new__).
+THIRD_PARTY_WARNINGS = rf"({'|'.join(THIRD_PARTY)}|copyreg)(\.|$)"
+_VERBOSE_HELP = (
+    f"show third-party warnings (torch, executorch, onnx, ...); or set {SHOW_WARNINGS_ENV}=1"
+)
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -87,8 +114,12 @@ def _write_outputs(args: argparse.Namespace, results, table: str, title: str, ex
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgeadapt._extras import require
     from edgeadapt.bench.demo import run_demo
 
+    require("sklearn", "the demo (its digits ship with scikit-learn)")
+    if args.plot is not None:
+        require("matplotlib", "--plot")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results, table = run_demo(methods, severity=args.severity, progress=not args.quiet)
     print(table)
@@ -96,6 +127,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         args, results, table, "edgeadapt demo: digits, continual corruptions", {"demo": "digits"}
     )
     return 0
+
+
+def _check_bench_data(args: argparse.Namespace) -> None:
+    """Where the corrupted images come from, and the extras that needs, before anything loads."""
+    from edgeadapt._extras import require
+    from edgeadapt.bench.cifar import default_clean_source
+
+    if args.data is None and args.source is None and default_clean_source() is None:
+        raise ConfigError(
+            "bench needs images: pass --data DIR (a CIFAR-10-C release: <corruption>.npy + "
+            "labels.npy) or --source PATH (a clean CIFAR-10 archive or folder to corrupt)"
+        )
+    if args.data is None:
+        require("scipy", "corrupting clean images (bench without --data)")
+    if args.plot is not None:
+        require("matplotlib", "--plot")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -126,6 +173,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"bench needs the trained weights of --model {args.model}: pass --checkpoint PATH "
             "(e.g. ../shared/models/resnet20_cifar10jpeg.pt for resnet20)"
         )
+    _check_bench_data(args)
     setup_source = _bench_setup_source(args, methods)  # missing source images fail now
     model = create_model(args.model, checkpoint=args.checkpoint)
     results = run_cifar10c(
@@ -175,9 +223,13 @@ def _add_outputs(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgeadapt import __version__
+
     parser = argparse.ArgumentParser(
         prog="edgeadapt", description="Test-time adaptation for edge devices."
     )
+    parser.add_argument("--version", action="version", version=f"edgeadapt {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="list the adaptation methods")
@@ -314,15 +366,55 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeadapt.firmware_bridge.command import register as register_device
 
     register_device(sub)
+    _add_verbose_to_subcommands(parser)
     return parser
+
+
+def _add_verbose_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    """--verbose after a subcommand too (`edgeadapt export ... --verbose`), nested ones
+    (`edgeadapt device upload`) included; SUPPRESS keeps one given before the subcommand."""
+    for action in parser._actions:  # argparse has no public way to walk its subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument(
+                    "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+                )
+                _add_verbose_to_subcommands(command)
+
+
+@contextlib.contextmanager
+def third_party_warnings_hidden(hide: bool = True) -> Iterator[None]:
+    """Inside this block (when `hide`), warnings attributed to THIRD_PARTY_WARNINGS modules are
+    not shown, nor are the THIRD_PARTY libraries' log records below ERROR; the warning filters
+    and logger levels are restored on the way out."""
+    loggers = [logging.getLogger(name) for name in THIRD_PARTY] if hide else []
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        if hide:
+            warnings.filterwarnings("ignore", module=THIRD_PARTY_WARNINGS)
+        for logger in loggers:
+            logger.setLevel(max(logger.level, logging.ERROR))
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show = args.verbose or os.environ.get(SHOW_WARNINGS_ENV, "") not in ("", "0")
     try:
-        return args.func(args)
+        with third_party_warnings_hidden(not show):
+            return args.func(args)
     except (EdgeAdaptError, FileNotFoundError) as exc:
         print(f"edgeadapt {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        missing = as_missing_extra(exc)  # a feature of an extra that is not installed
+        if missing is None:
+            raise
+        print(f"edgeadapt {args.command}: {missing}", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "EdgeAdaptError",
     "InputError",
+    "MissingExtraError",
     "PartitionError",
     "UnknownNameError",
 ]
@@ -46,3 +47,11 @@ class UnknownNameError(EdgeAdaptError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class MissingExtraError(EdgeAdaptError, ImportError):
+    """A feature needs a package of an optional extra that is not installed.
+
+    The core install (`pip install edgeadapt`) adapts; exporting, video, the bridge and the
+    benchmark each come with an extra (`pip install "edgeadapt[export]"`, ... or `[all]`).
+    """

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from edgeadapt._extras import needs
 from edgeadapt.export._files import atomic_write_bytes, read_program_bytes
 from edgeadapt.export.errors import ProgramFileError, VerificationError
 
@@ -34,6 +35,7 @@ def bundled_path(pte_path: str | os.PathLike[str]) -> Path:
     return Path(pte_path).with_suffix(SUFFIX)
 
 
+@needs("executorch", feature="writing a bundled program")
 def write_bundled_program(
     pte_path: str | os.PathLike[str], cases: Sequence[BundledCase], method: str = "forward"
 ) -> Path:
@@ -57,6 +59,7 @@ def write_bundled_program(
     return path
 
 
+@needs("executorch", feature="verifying a bundled program")
 def verify_bundled_program(
     path: str | os.PathLike[str],
     *,

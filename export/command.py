@@ -209,17 +209,26 @@ def _check_args(args: argparse.Namespace) -> dict:
     """Every check that needs no model, before any slow work (a training-program export
     takes minutes); returns the method's settings from --settings and --frozen-bn."""
     from edgeadapt._cli_args import at_least, input_file, output_file, output_folder
+    from edgeadapt._extras import require
+    from edgeadapt._suggest import unknown_name_message
     from edgeadapt.api import config_for, list_methods
     from edgeadapt.config import settings_from_json
     from edgeadapt.errors import ConfigError, UnknownNameError
     from edgeadapt.models import get_model_entry
 
+    if args.format == "onnx":
+        require("onnx", "ONNX export")
+        require("onnxruntime", "checking an ONNX export")
+    else:
+        require("executorch", "ExecuTorch export")
     try:
         get_model_entry(args.model)
     except UnknownNameError as exc:
         raise UnknownNameError(f"--model: {exc}") from exc
     if args.method not in list_methods():
-        raise UnknownNameError(f"--method {args.method!r} is unknown; available: {list_methods()}")
+        raise UnknownNameError(
+            f"--method: {unknown_name_message('method', args.method, list_methods())}"
+        )
     at_least(args.batch, 1, "--batch", " (the program's fixed batch size)")
     at_least(args.input_size, 1, "--input-size")
     at_least(args.channels, 1, "--channels")
@@ -370,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         request.check(args.method)
     except UnknownDeviceError as exc:
-        raise UnknownDeviceError(f"--device: {exc}") from exc
+        raise UnknownDeviceError(f"--device: {_unknown_device(args.device, exc)}") from exc
     fields = _check_args(args)
     shape = (args.batch, args.channels, args.input_size, args.input_size)
     calibration = None
@@ -441,6 +450,17 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.json, out)
         print(f"wrote {args.json}")
     return code
+
+
+def _unknown_device(name: str, exc: Exception) -> str:
+    """The profile lookup's refusal, with close matches (the lookup in export/devices.py
+    lists the profiles but suggests none)."""
+    from edgeadapt._suggest import unknown_name_message
+    from edgeadapt.export.devices import devices_dir, list_profiles
+
+    if "did you mean" in str(exc):
+        return str(exc)
+    return unknown_name_message("device", name, list_profiles(), f"(profiles in {devices_dir()})")
 
 
 def _settings_of(model) -> dict | None:

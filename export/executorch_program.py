@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from edgeadapt._extras import needs
 from edgeadapt.export._files import atomic_write_bytes, read_program_bytes
 from edgeadapt.export.devices import DeviceProfile, load_profile
 from edgeadapt.export.errors import ExportError, ProgramFileError, VerificationError
@@ -169,6 +170,7 @@ def write_pte(
     )  # fmt: skip
 
 
+@needs("executorch", feature="ExecuTorch export")
 def to_executorch(
     model: nn.Module,
     example: Tensor,
@@ -210,6 +212,7 @@ def to_executorch(
 class ExecuTorchRunner:
     """Loads a .pte with the ExecuTorch runtime (its Python bindings) and runs `forward`."""
 
+    @needs("executorch", feature="running an ExecuTorch program")
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._init(read_program_bytes(path, "ExecuTorch"), str(path))
 
@@ -219,6 +222,7 @@ class ExecuTorchRunner:
         runner._init(data, name)
         return runner
 
+    @needs("executorch", feature="running an ExecuTorch program")
     def _init(self, data: bytes, name: str) -> None:
         # Registers the quantize/dequantize kernels, which int8 portable programs call.
         import executorch.kernels.quantized  # noqa: F401

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from edgeadapt._extras import require
 from edgeadapt.export._files import atomic_write_bytes, read_program_bytes
 from edgeadapt.export.errors import ExportError, ProgramFileError, VerificationError
 from edgeadapt.export.graph import Statistics, inference_module
@@ -37,6 +38,8 @@ def to_onnx(
     ONNX Runtime on `example` and compared with eager before anything is written; more than
     `atol` apart raises VerificationError.
     """
+    require("onnx", "ONNX export")
+    require("onnxruntime", "checking an ONNX export")
     net, batch_stats = inference_module(model, statistics)
     example = example.detach()
     with torch.no_grad():
@@ -101,7 +104,7 @@ class OnnxRunner:
         return runner
 
     def _init(self, data: bytes, name: str) -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "running an ONNX program")
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: warnings about unused initialisers are noise

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from edgeadapt._extras import needs
 from edgeadapt.errors import ConfigError
 from edgeadapt.export.devices import DeviceProfile, load_profile
 from edgeadapt.export.executorch_program import Backend, capture, lower, verify_and_write
@@ -77,6 +78,7 @@ def quantize_int8(net: nn.Module, example: Tensor, calibration: Iterable[Tensor]
     return convert_pt2e(prepared)
 
 
+@needs("executorch", "torchao", feature="int8 export")
 def to_executorch_int8(
     model: nn.Module,
     example: Tensor,

@@ -14,6 +14,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from edgeadapt._extras import needs
 from edgeadapt.errors import CheckpointMismatchError
 from edgeadapt.export._files import read_program_bytes
 from edgeadapt.export.devices import DeviceProfile, load_profile
@@ -51,6 +52,7 @@ def training_step_module(adapter, *, quantize: str | None = None) -> nn.Module:
     )
 
 
+@needs("executorch", feature="exporting a training program")
 def to_training_program(
     adapter,
     example: Tensor,
@@ -182,6 +184,7 @@ class TrainingRunner:
     `seed` seeds `generator`, which draws the views of a program with a view-averaging
     teacher."""
 
+    @needs("executorch", feature="running a training program")
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -208,6 +211,7 @@ class TrainingRunner:
         runner._init(data, name, lr, momentum, 0.0, seed)
         return runner
 
+    @needs("executorch", feature="running a training program")
     def _init(
         self, data: bytes, name: str, lr: float, momentum: float, wd: float, seed: int
     ) -> None:

@@ -55,9 +55,17 @@ def _shift(x: torch.Tensor, gen: torch.Generator, pad: int = 3) -> torch.Tensor:
 
 
 def train_source_model(
-    images: np.ndarray, labels: np.ndarray, *, epochs: int = 15, seed: int = 0
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int = 15,
+    seed: int = 0,
+    progress: bool = False,
 ) -> torch.nn.Module:
-    """A small ResNet (one block per stage, widths 8/16/32) trained on the clean digits."""
+    """A small ResNet (one block per stage, widths 8/16/32) trained on the clean digits;
+    `progress` shows a bar over the training steps."""
+    from tqdm.auto import tqdm
+
     from edgeadapt.data import to_tensor
     from edgeadapt.models import CifarResNet
 
@@ -69,15 +77,17 @@ def train_source_model(
     steps = epochs * ((len(y_all) + 63) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=steps)
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(y_all), generator=gen)
-        for i in range(0, len(perm), 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(model(_shift(x_all[idx], gen)), y_all[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    with tqdm(total=steps, desc="training", unit="step", disable=not progress) as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(len(y_all), generator=gen)
+            for i in range(0, len(perm), 64):
+                idx = perm[i : i + 64]
+                loss = F.cross_entropy(model(_shift(x_all[idx], gen)), y_all[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update()
     return model.eval()
 
 
@@ -104,7 +114,7 @@ def run_demo(
 
     train_x, train_y, test_x, test_y = digits_dataset(seed)
     log(f"training a small ResNet on {len(train_y)} clean digits (32×32)...")
-    model = train_source_model(train_x, train_y, epochs=train_epochs, seed=seed)
+    model = train_source_model(train_x, train_y, epochs=train_epochs, seed=seed, progress=progress)
     with torch.no_grad():
         clean_error = 100 * float(
             (model(to_tensor(test_x, normalize=True)).argmax(1).numpy() != test_y).mean()

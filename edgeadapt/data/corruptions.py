@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgeadapt._suggest import unknown_name_message
 from edgeadapt.errors import ConfigError, InputError, UnknownNameError
 
 __all__ = ["ALL_CORRUPTIONS", "CORRUPTIONS", "EXTRA_CORRUPTIONS", "corrupt", "list_corruptions"]
@@ -75,7 +76,7 @@ def list_corruptions(include_extra: bool = False) -> list[str]:
 
 def _function(name: str) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
     if name not in _MODULES:
-        raise UnknownNameError(f"unknown corruption {name!r}; known: {', '.join(ALL_CORRUPTIONS)}")
+        raise UnknownNameError(unknown_name_message("corruption", name, ALL_CORRUPTIONS))
     module = importlib.import_module(f"edgeadapt.data.{_MODULES[name]}")
     return getattr(module, name)
 

@@ -34,13 +34,23 @@ from edgeadapt.methods._state import (
     weights_digest,
 )
 
-__all__ = ["ADAPTER_FORMAT", "AdaptationDivergedError", "Adapter", "read_adapter_file"]
+__all__ = [
+    "ADAPTER_FORMAT",
+    "AdaptationDivergedError",
+    "Adapter",
+    "AdapterNotFoundError",
+    "read_adapter_file",
+]
 
 ADAPTER_FORMAT = "edgeadapt-adapter/1"
 
 
 class AdaptationDivergedError(EdgeAdaptError, RuntimeError):
     """The adaptation loss became NaN/Inf; the step was not applied."""
+
+
+class AdapterNotFoundError(EdgeAdaptError, FileNotFoundError):
+    """No saved adapter file at the path given."""
 
 
 class Adapter(nn.Module):
@@ -429,7 +439,7 @@ def read_adapter_file(path: str | Path) -> dict[str, Any]:
     """Load and validate a saved adapter file safely (weights_only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no adapter file at {path}")
+        raise AdapterNotFoundError(f"no adapter file at {path}; write one with adapter.save(path)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncation, not a torch file

@@ -6,12 +6,12 @@ loader can both import it without cycles.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgeadapt._suggest import unknown_name_message
 from edgeadapt.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,9 +59,6 @@ def get_model_entry(name: str) -> ModelEntry:
         return _MODELS[name]
     except (KeyError, TypeError):
         pass
-    close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
     raise UnknownNameError(
-        f"unknown model {name!r}; {hint}available: {', '.join(list_models())} "
-        "(see edgeadapt.models.list_models())"
+        unknown_name_message("model", name, list_models(), "(see edgeadapt.models.list_models())")
     )

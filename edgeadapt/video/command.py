@@ -101,11 +101,12 @@ def _check_args(args: argparse.Namespace) -> None:
     except UnknownNameError as exc:
         raise UnknownNameError(f"--model: {exc}") from exc
     if args.adapt is not None:
+        from edgeadapt._suggest import unknown_name_message
         from edgeadapt.api import list_methods
 
         if args.adapt not in list_methods():
             raise UnknownNameError(
-                f"--adapt {args.adapt!r} is unknown; available: {list_methods()}"
+                f"--adapt: {unknown_name_message('method', args.adapt, list_methods())}"
             )
         # Single frames adapt too: the adapters' BNs normalise on the stream's statistics.
         at_least(args.adapt_batch, 1, "--adapt-batch", " (frames per adaptation step)")
@@ -196,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
         cut_at=args.cut_at, delta_state=delta_state, bits=args.bits,
         **_setup_options(args, setup_source, setups),
     )  # fmt: skip
-    with tqdm(frames, total=args.limit, desc="stream", unit="frame", disable=args.quiet) as bar:
+    total = source.expected_frames()  # None: a camera, or a video that stores no count
+    desc = "stream" if total is not None else "stream (frame count unknown)"
+    with tqdm(frames, total=total, desc=desc, unit="frame", disable=args.quiet) as bar:
         for r in bar:
             results.append(r)
             bar.set_postfix(ms=f"{r.latency_s * 1e3:.1f}", refresh=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeadapt._extras import require
 from edgeadapt.errors import ConfigError
 from edgeadapt.video.errors import FrameDecodeError, MissingDependencyError, SourceNotFoundError
 from edgeadapt.video.preprocess import Fit, check_frame, fit_frame
@@ -64,6 +65,21 @@ class FrameSource:
     def _raw(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    def _raw_count(self) -> int | None:
+        """How many frames `_raw()` yields, where known without decoding them; else None."""
+        return None
+
+    def expected_frames(self) -> int | None:
+        """How many frames iterating yields, where known before decoding (an array, an image
+        list, a video container's frame count) after start, stride and limit; else `limit`
+        (at most that many), or None when nothing says (a camera, a video without a count)."""
+        raw = self._raw_count()
+        if raw is None:
+            return self.limit
+        # Frames start, start + stride, ... below raw: ceil((raw - start) / stride).
+        kept = max(0, -(-(raw - self.start) // self.stride))
+        return kept if self.limit is None else min(kept, self.limit)
+
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.limit == 0:
             return
@@ -97,6 +113,9 @@ class ArraySource(FrameSource):
     def _raw(self) -> Iterator[np.ndarray]:
         yield from self.frames
 
+    def _raw_count(self) -> int | None:
+        return len(self.frames)
+
 
 class VideoFileSource(FrameSource):
     """A video file decoded by PyAV (ffmpeg ships inside the `av` wheel)."""
@@ -107,9 +126,10 @@ class VideoFileSource(FrameSource):
         self.name = str(path)
         if not self.path.is_file():
             raise SourceNotFoundError(f"video file not found: {self.path}")
+        require("av", "reading a video file")  # before any progress bar or model work
 
     def _raw(self) -> Iterator[np.ndarray]:
-        av = _import("av", "av")
+        av = require("av", "reading a video file")
         try:
             container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError) as exc:
@@ -130,6 +150,18 @@ class VideoFileSource(FrameSource):
                 raise FrameDecodeError(f"{self.path}: the video stream holds no decodable frames")
         finally:
             container.close()
+
+    def _raw_count(self) -> int | None:
+        # The container's own count (0 where the format does not store one); only a progress
+        # bar's total, so a file that cannot be read says so when it is decoded, not here.
+        try:
+            import av
+
+            with av.open(str(self.path)) as container:
+                count = container.streams.video[0].frames if container.streams.video else 0
+        except Exception:
+            return None
+        return int(count) or None
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -155,6 +187,9 @@ class ImageSequenceSource(FrameSource):
             raise SourceNotFoundError(
                 f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {self.name}"
             )
+
+    def _raw_count(self) -> int | None:
+        return len(self.paths)
 
     def _raw(self) -> Iterator[np.ndarray]:
         pil = _import("PIL.Image", "pillow")

@@ -76,7 +76,7 @@ def test_chunks_draw_independent_streams(images: np.ndarray, monkeypatch) -> Non
 
 
 def test_bad_arguments(images: np.ndarray) -> None:
-    with pytest.raises(UnknownNameError, match="known: gaussian_noise"):
+    with pytest.raises(UnknownNameError, match=r"available: \[.gaussian_noise"):
         corrupt(images, "rain", 1)
     with pytest.raises(ConfigError):
         corrupt(images, "fog", 6)
