@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeadapt._suggest import unknown_name_message
 from edgeadapt.export.errors import DeviceProfileError, UnknownDeviceError
 
 try:
@@ -123,8 +124,7 @@ def load_profile(name: str | os.PathLike[str]) -> DeviceProfile:
         if _norm(profile.name) == wanted:
             return profile
     raise UnknownDeviceError(
-        f"unknown device {str(name)!r}; known: {', '.join(list_profiles()) or '(none)'} "
-        f"(profiles in {devices_dir()})"
+        unknown_name_message("device", str(name), list_profiles(), f"(profiles in {devices_dir()})")
     )
 
 
