@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from edgeadapt._extras import require
+
 __all__ = ["DeviceMatch", "discover"]
 
 
@@ -36,7 +38,8 @@ def discover(
     per profile, since a shared USB bridge chip (CP210x, CH340) cannot tell boards apart.
     """
     if ports is None:
-        from serial.tools import list_ports  # lazy: only discovery needs it
+        require("serial", "finding boards")  # lazy: only discovery needs pyserial
+        from serial.tools import list_ports
 
         ports = list_ports.comports()
     table: dict[tuple[int, int], list[str]] = {}

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
+from edgeadapt._extras import require
+
 from .errors import TransportError
 
 __all__ = [
@@ -46,7 +48,7 @@ class SerialTransport:
     def __init__(
         self, url: str, *, baudrate: int = 115200, poll: float = DEFAULT_POLL, **kwargs: object
     ) -> None:
-        import serial  # lazy: only this transport needs pyserial
+        serial = require("serial", "a serial port")  # lazy: only this transport needs it
 
         try:
             self._port = serial.serial_for_url(

@@ -21,7 +21,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 def _block(monkeypatch, *modules: str) -> None:
     """Make `import <module>` fail as it does where the package is not installed."""
-    for name in modules:
+    for name in modules:  # submodules too: an earlier test may have imported them
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            monkeypatch.setitem(sys.modules, key, None)
         monkeypatch.setitem(sys.modules, name, None)
 
 
