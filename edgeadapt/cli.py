@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeadapt.firmware_bridge.command import register as register_device
 
     register_device(sub)
+    from edgeadapt.train_source_command import register as register_train_source
+
+    register_train_source(sub)
     _add_verbose_to_subcommands(parser)
     return parser
 

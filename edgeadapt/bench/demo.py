@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+# The digits and the training loop are shared with `edgeadapt train-source`.
+from edgeadapt.source_training import digits_dataset, fit_classifier
 
 __all__ = ["DEMO_CORRUPTIONS", "digits_dataset", "run_demo", "train_source_model"]
 
@@ -26,34 +28,6 @@ DEMO_CORRUPTIONS = (
 )
 
 
-def digits_dataset(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, test images, test labels): uint8 (N, 32, 32, 3), 70/30."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    small = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
-    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
-    images = (
-        (big.clamp(0, 1) * 255)
-        .round()
-        .to(torch.uint8)
-        .repeat(1, 3, 1, 1)
-        .permute(0, 2, 3, 1)
-        .numpy()
-    )
-    labels = digits.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    cut = int(0.7 * len(labels))
-    return images[order[:cut]], labels[order[:cut]], images[order[cut:]], labels[order[cut:]]
-
-
-def _shift(x: torch.Tensor, gen: torch.Generator, pad: int = 3) -> torch.Tensor:
-    """Random translations: pad, then crop back at a random offset."""
-    padded = F.pad(x, (pad,) * 4)
-    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-    return padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
-
-
 def train_source_model(
     images: np.ndarray,
     labels: np.ndarray,
@@ -64,31 +38,14 @@ def train_source_model(
 ) -> torch.nn.Module:
     """A small ResNet (one block per stage, widths 8/16/32) trained on the clean digits;
     `progress` shows a bar over the training steps."""
-    from tqdm.auto import tqdm
-
-    from edgeadapt.data import to_tensor
     from edgeadapt.models import CifarResNet
 
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     model = CifarResNet(1, widths=(8, 16, 32), num_classes=10)
-    x_all, y_all = to_tensor(images, normalize=True), torch.from_numpy(labels)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    steps = epochs * ((len(y_all) + 63) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=steps)
-    model.train()
-    with tqdm(total=steps, desc="training", unit="step", disable=not progress) as bar:
-        for _ in range(epochs):
-            perm = torch.randperm(len(y_all), generator=gen)
-            for i in range(0, len(perm), 64):
-                idx = perm[i : i + 64]
-                loss = F.cross_entropy(model(_shift(x_all[idx], gen)), y_all[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update()
-    return model.eval()
+    # lr: the one-cycle schedule's peak; batches of 64.
+    return fit_classifier(
+        model, images, labels, epochs=epochs, batch_size=64, lr=5e-3, seed=seed, progress=progress
+    )
 
 
 def run_demo(
