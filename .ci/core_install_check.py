@@ -28,6 +28,7 @@ EXTRA_FEATURES = {
     ("export", "--model", "tiny_resnet", "--random-weights", "--format", "onnx"): "export",
     ("device", "list"): "bridge",
     ("demo",): "bench",
+    ("train-source", "--model", "tiny_resnet"): "bench",
 }
 
 
@@ -73,6 +74,8 @@ def check_missing_extras() -> None:
             cmd = [sys.executable, "-m", "edgeadapt.cli", *argv]
             if argv[0] == "export":
                 cmd += ["--out", tmp]
+            if argv[0] == "train-source":
+                cmd += ["--out", str(Path(tmp) / "source.pt")]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2, (argv, done.returncode, done.stderr[-2000:])
