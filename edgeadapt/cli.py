@@ -155,7 +155,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.dataset != "cifar10-c":
         raise EdgeAdaptError(f"unknown dataset {args.dataset!r}; supported: cifar10-c")
     # Before the model and data load: a bad --stream/--delta fails in a second, not an hour.
-    stream = describe_stream(args.stream, check_stream(args.stream, args.delta), args.seed)
+    stream = describe_stream(
+        args.stream, check_stream(args.stream, args.delta), args.seed, args.round_order
+    )
     named = {"standard": list(CORRUPTIONS), "extra": list(EXTRA_CORRUPTIONS)}
     corruptions = named.get(args.corruptions) or [
         c.strip() for c in args.corruptions.split(",") if c.strip()
@@ -182,7 +184,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         n_images=args.n_images, warmup_steps=args.warmup_steps, overrides=overrides, seed=args.seed,
         device=args.device, progress=not args.quiet, state_dir=args.state_dir, stream=args.stream,
         delta=args.delta, source_data=setup_source, no_warmup=args.no_warmup,
-        warmup_cache=args.warmup_cache,
+        warmup_cache=args.warmup_cache, round_order=args.round_order,
     )  # fmt: skip
     table = markdown_report(results)  # with several rounds, the per-round means too
     title = f"{args.model}, CIFAR-10-C severity {args.severity}, {args.protocol}, " + setting_label(
@@ -319,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="Dirichlet concentration of --stream correlated (default 0.1; smaller: longer runs)",
+    )
+    p.add_argument(
+        "--round-order",
+        choices=["redraw", "repeat"],
+        default="redraw",
+        help="with several rounds of --stream correlated: draw each round's label order afresh "
+        "(default) or replay the first round's stream exactly (round-to-round change is then "
+        "the adapter's drift alone)",
     )
     p.add_argument(
         "--source-data",

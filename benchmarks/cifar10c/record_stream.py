@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--batches", default=None, help="comma list; long-term: 1")
     ap.add_argument("--streams", default=None, help="comma list; long-term: correlated")
     ap.add_argument("--out", default=None, help="folder for per-run JSON, logs and progress")
+    ap.add_argument("--round-order", choices=["redraw", "repeat"], default="redraw",
+                    help="long-term: a fresh label order per round, or round 1's replayed")  # fmt: skip
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the tables from the runs in --out so far")  # fmt: skip
     args = ap.parse_args()
@@ -78,6 +80,7 @@ def main() -> None:
     if unknown:
         ap.error(f"--methods: {unknown} are not rows of this benchmark; known: {METHODS}")
     subset = f"_n{args.n_images}" if args.n_images else ""
+    subset += "_repeat" if args.round_order == "repeat" else ""
     stem = HERE / f"record_stream_{args.suite}{subset}"
     out = Path(args.out or HERE / f"record_stream_{args.suite}{subset}_runs")
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
@@ -85,6 +88,7 @@ def main() -> None:
     common += ["--warmup-cache", str(out / "warmups")]  # one warm-up per EcoTTA configuration
     if args.n_images:
         common += ["--n-images", str(args.n_images)]
+    common += ["--round-order", args.round_order]
     jobs, labels, order = {}, {}, []
     for batch in batches:
         for stream in streams:
@@ -102,6 +106,7 @@ def main() -> None:
     payload = merge(out, order, labels)
     payload["meta"] = {
         "suite": args.suite, "rounds": rounds, "severity": 5, "n_images": args.n_images,
+        "round_order": args.round_order,
         "machine": f"{platform.processor() or platform.machine()}, one thread per run",
         "device_configuration": device_settings(),
     }  # fmt: skip

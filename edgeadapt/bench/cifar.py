@@ -89,6 +89,7 @@ def run_cifar10c(
     source_data: str | Path | SourceData | None = None,
     no_warmup: bool = False,
     warmup_cache: str | Path | None = None,
+    round_order: str = "redraw",
 ) -> list[MethodResult]:
     """Run every method through the protocol. Domains come from CIFAR-10-C release files
     (`release_dir`) or are generated from the clean test split of `clean_source`.
@@ -104,12 +105,16 @@ def run_cifar10c(
     Dirichlet label-shift order of NOTE/RoTTA, drawn per domain, concentration `delta`,
     default 0.1). Either way the images are the first `n_images` of the i.i.d. shuffle.
     `warmup_cache`: a folder that keeps EcoTTA warm-ups for the next run that repeats one
-    exactly (`prepare_adapter`)."""
+    exactly (`prepare_adapter`).
+    `round_order` (several rounds, correlated stream): "redraw" draws every domain of every
+    round afresh; "repeat" feeds each round the first round's stream again, image for image,
+    so round-to-round changes are the adapter's drift and not a new label order's luck."""
     from edgeadapt.data import check_stream, segment_orders, to_tensor
 
     _check_sizes(batch_size=batch_size, n_images=n_images, warmup_steps=warmup_steps,
                  fisher_images=fisher_images)  # fmt: skip
     delta = check_stream(stream, delta)
+    check_round_order(round_order)
     check_device(device)
     # Where the setup's source images come from, before any data loads: missing ones fail now.
     needs = methods_needing_source(methods, warmup_steps=warmup_steps, fisher_images=fisher_images,
@@ -134,8 +139,11 @@ def run_cifar10c(
         )
     segments = make_protocol(protocol, corruptions, severity=severity, rounds=rounds)
     _, labels = source.get(segments[0].corruption, segments[0].severity)
+    repeat = None
+    if round_order == "repeat":  # one round's segments, whatever the protocol makes of them
+        repeat = len(make_protocol(protocol, corruptions, severity=severity, rounds=1))
     orders = segment_orders(labels, len(segments), stream=stream, delta=delta, seed=seed,
-                            n_images=n_images)  # fmt: skip
+                            n_images=n_images, repeat_every=repeat)  # fmt: skip
 
     records: dict[str, dict[str, Any]] = {}
 
@@ -151,7 +159,7 @@ def run_cifar10c(
         to_batch=lambda a: to_tensor(a, normalize=True), overrides=with_input_statistics(overrides),
         warmup=prepare,
         device=device, progress=progress, log=log, state_dir=state_dir, stream_id=stream_id,
-        stream=describe_stream(stream, delta, seed),
+        stream=describe_stream(stream, delta, seed, round_order),
     )  # fmt: skip
     for r in results:
         # What each adapter started from; `edgeadapt.bench.report` labels and writes it.
@@ -159,7 +167,26 @@ def run_cifar10c(
     return results
 
 
-def describe_stream(stream: str, delta: float | None, seed: int) -> dict[str, Any]:
+ROUND_ORDERS = ("redraw", "repeat")
+
+
+def check_round_order(round_order: str) -> None:
+    if round_order not in ROUND_ORDERS:
+        raise ConfigError(
+            f"unknown round order {round_order!r}; choose one of {list(ROUND_ORDERS)} "
+            "(--round-order)"
+        )
+
+
+def describe_stream(
+    stream: str, delta: float | None, seed: int, round_order: str = "redraw"
+) -> dict[str, Any]:
     """What results record of the image order: {"order": "iid", "seed": 0}, or with "delta"
-    for the correlated stream."""
-    return {"order": stream, **({} if delta is None else {"delta": delta}), "seed": seed}
+    for the correlated stream, and "rounds": "repeat" when every round replays the first
+    (absent for the default "redraw", so earlier results and saved progress stay valid)."""
+    check_round_order(round_order)
+    about: dict[str, Any] = {"order": stream, **({} if delta is None else {"delta": delta})}
+    about["seed"] = seed
+    if round_order == "repeat" and delta is not None:
+        about["rounds"] = "repeat"
+    return about

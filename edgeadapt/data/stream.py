@@ -156,17 +156,24 @@ def segment_orders(
     delta: float | None = None,
     seed: int = DEFAULT_STREAM_SEED,
     n_images: int | None = None,
+    repeat_every: int | None = None,
 ) -> list[np.ndarray]:
     """The image order of each of `n_segments` domains whose images carry `labels`.
 
     The first `n_images` of the i.i.d. permutation (all by default) are the images used;
     "iid" feeds them in that order in every domain, "correlated" rearranges them by
     `correlated_order` with a draw of its own per domain (seed (seed, domain index)), as
-    RoTTA draws per domain.
+    RoTTA draws per domain. `repeat_every=n`: segment k reuses the draw of segment k mod n,
+    so a long-term run repeats one round's stream exactly and what changes from round to
+    round is the adapter alone.
     """
+    if repeat_every is not None and repeat_every < 1:
+        raise ConfigError(f"repeat_every must be >= 1 (segments per round), got {repeat_every}")
     delta = check_stream(stream, delta)
     labels = np.asarray(labels)
     base = stream_order(len(labels), seed)[: n_images or len(labels)]
     if delta is None:
         return [base] * n_segments  # one array: the i.i.d. protocol's single order
-    return [base[correlated_order(labels[base], delta, (seed, k))] for k in range(n_segments)]
+    period = repeat_every or n_segments
+    draws = [base[correlated_order(labels[base], delta, (seed, k))] for k in range(period)]
+    return [draws[k % period] for k in range(n_segments)]

@@ -85,6 +85,25 @@ def test_segment_orders_iid_is_one_order_and_correlated_is_drawn_per_domain():
     assert mean_run_length(labels[corr[0]]) > 3 * mean_run_length(labels[iid[0]])
 
 
+def test_repeat_every_replays_one_rounds_draws_and_redraw_does_not():
+    labels = np.random.default_rng(1).integers(0, 10, 300)
+    fresh = segment_orders(labels, 6, stream="correlated", seed=2, n_images=120)
+    replay = segment_orders(labels, 6, stream="correlated", seed=2, n_images=120, repeat_every=3)
+    for k in range(3):  # round 1 is the same draw either way; round 2 replays it, or not
+        assert np.array_equal(replay[k], fresh[k]) and np.array_equal(replay[k + 3], fresh[k])
+        assert not np.array_equal(fresh[k + 3], fresh[k])
+    with pytest.raises(ConfigError, match="repeat_every must be >= 1"):
+        segment_orders(labels, 6, stream="correlated", repeat_every=0)
+
+
+def test_round_order_is_recorded_only_when_it_replays_and_typos_are_refused():
+    assert describe_stream("correlated", 0.1, 0) == {"order": "correlated", "delta": 0.1, "seed": 0}
+    assert describe_stream("correlated", 0.1, 0, "repeat")["rounds"] == "repeat"
+    assert "rounds" not in describe_stream("iid", None, 0, "repeat")  # one order already
+    with pytest.raises(ConfigError, match="--round-order"):
+        describe_stream("correlated", 0.1, 0, "repeats")
+
+
 @pytest.mark.parametrize("delta", [0, -1, float("nan"), float("inf"), "x", None])
 def test_bad_delta_is_a_config_error(delta):
     with pytest.raises(ConfigError, match="delta must be a finite number > 0"):
