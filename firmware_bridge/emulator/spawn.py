@@ -25,6 +25,8 @@ class EmulatorProcess:
 
     Extra command-line flags go in `args`; `faults` sets the line faults from the start.
     stderr goes to `log_path` (a temporary file by default) so a full pipe never stalls it.
+    `executable` runs another device that announces its pty the same way instead, e.g. the
+    native device (firmware_bridge/device, built by its build_host.py; no line faults).
     """
 
     def __init__(
@@ -34,10 +36,13 @@ class EmulatorProcess:
         faults: Faults | None = None,
         start_timeout: float = 120.0,
         log_path: str | os.PathLike[str] | None = None,
+        executable: str | os.PathLike[str] | None = None,
     ) -> None:
         if not pty_supported():
             raise TransportError("the emulator needs pseudo-terminals (Linux or macOS)")
         cmd = [sys.executable, "-m", "edgeadapt.firmware_bridge.emulator", "--profile", profile]
+        if executable is not None:
+            cmd = [os.fspath(executable), "--profile", profile]
         if faults is not None:
             cmd += [
                 f"--drop={faults.drop}", f"--corrupt={faults.corrupt}", f"--delay={faults.delay}",

@@ -93,6 +93,15 @@ def emulator():
     return shared_emulator()  # boots while the programs export
 
 
+@pytest.fixture(scope="module", params=["python", "native"])
+def device_process(request):
+    """The emulator or the native device (firmware_bridge/device), one process of each kind
+    shared by every test module; the native kind is skipped without a build toolchain."""
+    from bridge.native_device import shared_device
+
+    return shared_device(request.param)
+
+
 @pytest.fixture(scope="module")
 def programs(emulator):
     from bridge.emulator_programs import tiny_programs

@@ -1,6 +1,7 @@
-"""The emulator as a separate process over a real pseudo-terminal: deploy, INFER, ADAPT,
-STREAM and the adapter round trip give what the host computes; the memory budget and bad
-programs are refused with typed errors while the old program stays active."""
+"""The emulator -- and the native device (firmware_bridge/device) -- as a separate process
+over a real pseudo-terminal: deploy, INFER, ADAPT, STREAM and the adapter round trip give
+what the host computes; the memory budget and bad programs are refused with typed errors
+while the old program stays active."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ pytestmark = pytest.mark.skipif(not pty_supported(), reason="needs pseudo-termin
 
 
 @pytest.fixture(scope="module")
-def client(emulator, programs):
-    dev = BridgeClient.open(emulator.port, timeout=5.0, retries=2)
+def client(device_process, programs):
+    dev = BridgeClient.open(device_process.port, timeout=5.0, retries=2)
     info = dev.connect()
     assert info.profile == "stm32h743" and info.ram_bytes > 0
     dev.upload(programs.infer)

@@ -1,4 +1,5 @@
-"""`edgeadapt device ...` against the emulator over a real pty, in-process."""
+"""`edgeadapt device ...` against the emulator and the native device over a real pty,
+in-process."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import pytest
 import torch
-from bridge.emulator_programs import SHAPE, batches, shared_emulator, tiny_programs
+from bridge.emulator_programs import SHAPE, batches, tiny_programs
+from bridge.native_device import KINDS, shared_device
 
 from edgeadapt.cli import main
 from edgeadapt.firmware_bridge.emulator import pty_supported
@@ -15,9 +17,9 @@ from edgeadapt.firmware_bridge.emulator.adapter_blob import blob_to_state
 pytestmark = pytest.mark.skipif(not pty_supported(), reason="needs pseudo-terminals")
 
 
-@pytest.fixture(scope="module")
-def port() -> str:
-    emu = shared_emulator()
+@pytest.fixture(scope="module", params=KINDS)
+def port(request) -> str:
+    emu = shared_device(request.param)
     tiny_programs()
     return emu.port
 

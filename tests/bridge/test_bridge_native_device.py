@@ -1,0 +1,92 @@
+"""The native device (firmware_bridge/device) on its own: what the shared integration tests
+(test_bridge_emulator*.py, run against both kinds) do not reach -- exactly-once ADAPT by
+request id, a reboot, program roles, and flash that survives kill -9 with a resumable,
+atomically activated upload. Skipped without a build toolchain; a failed build fails."""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import pytest
+import torch
+from bridge.emulator_programs import LR, SHAPE, batches
+from bridge.native_device import native_binary
+
+from edgeadapt.firmware_bridge import (
+    BridgeClient,
+    DeviceError,
+    DeviceRestartedError,
+    ErrorCode,
+    ResetKind,
+    Target,
+)
+from edgeadapt.firmware_bridge import messages as m
+from edgeadapt.firmware_bridge.emulator import EmulatorProcess, pty_supported
+from edgeadapt.firmware_bridge.emulator.adapter_blob import blob_to_state
+from edgeadapt.firmware_bridge.emulator.payloads import decode_output, encode_raw
+
+pytestmark = pytest.mark.skipif(not pty_supported(), reason="needs pseudo-terminals")
+
+
+def _device(flash_dir) -> EmulatorProcess:
+    return EmulatorProcess("stm32h743", f"--lr={LR}", f"--flash-dir={flash_dir}",
+                           executable=native_binary())  # fmt: skip
+
+
+def test_adapt_is_exactly_once_and_a_reboot_keeps_flash(programs, tmp_path) -> None:
+    with _device(tmp_path) as proc:
+        dev = BridgeClient.open(proc.port, timeout=5.0, retries=2)
+        try:
+            dev.connect()
+            dev.upload(programs.train, target=Target.TRAINING)
+            with pytest.raises(DeviceError) as err:  # the other role's program
+                dev.upload(programs.train)
+            assert err.value.code == ErrorCode.WRONG_ROLE and err.value.arg == Target.TRAINING
+            x, y = (encode_raw(b) for b in batches(2, seed=4))
+            first = dev.adapt(x, frame_id=1, request_id=77)
+            again = dev.adapt(x, frame_id=1, request_id=77)  # answered from the record
+            assert first.step == again.step == 1 and again.output == first.output
+            assert dev.stats().duplicates >= 1 and dev.stats().adapt_steps == 1
+            with pytest.raises(DeviceError) as err:
+                dev.adapt(y, frame_id=1, request_id=77)
+            assert err.value.code == ErrorCode.ID_REUSED and err.value.arg == 77
+            boot = dev.info.boot_id
+            dev.link.request(m.Reset(int(ResetKind.REBOOT)), m.Ack)  # behind the client's back
+            time.sleep(0.3)
+            with pytest.raises(DeviceRestartedError):
+                dev.get_adapter()
+            assert dev.info.boot_id != boot and dev.info.adapter_step == 0
+            assert dev.info.training_crc == zlib.crc32(programs.train)  # flash kept it
+            assert blob_to_state(dev.get_adapter()).keys() == programs.initial.keys()
+        finally:
+            dev.close()
+
+
+def test_flash_survives_kill_and_a_cut_off_upload_resumes(programs, tmp_path) -> None:
+    from edgeadapt.export.executorch_program import ExecuTorchRunner
+
+    with _device(tmp_path) as proc:
+        dev = BridgeClient.open(proc.port, timeout=5.0, retries=2)
+        dev.connect()
+        dev.upload(programs.train, target=Target.TRAINING)
+        crc, part = zlib.crc32(programs.infer), programs.infer[:3000]
+        dev.request(m.UploadBegin(int(Target.PROGRAM), len(programs.infer), crc), m.UploadStatus)
+        dev.request(m.UploadChunk(0, part), m.UploadStatus)
+        dev.close()
+        proc.proc.kill()  # kill -9 mid-upload: no goodbye
+        proc.proc.wait()
+    with _device(tmp_path) as proc:
+        dev = BridgeClient.open(proc.port, timeout=5.0, retries=2)
+        try:
+            info = dev.connect()
+            assert info.training_crc == zlib.crc32(programs.train) and info.program_crc == 0
+            outcome = dev.upload_outcome()
+            assert (outcome.state, outcome.next_offset) == (1, len(part))  # STAGING, 3000 B in
+            assert dev.upload(programs.infer) == len(part)  # resumed, not restarted
+            assert dev.connect().program_crc == crc
+            x = batches(1, seed=6)[0]
+            got = decode_output(dev.infer(encode_raw(x)).output, (SHAPE[0], -1))
+            assert torch.equal(got, ExecuTorchRunner.from_bytes(programs.infer).run(x))
+        finally:
+            dev.close()

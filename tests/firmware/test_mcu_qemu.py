@@ -1,0 +1,128 @@
+"""The Cortex-M7 firmware (firmware_bridge/device/mcu) built and run in QEMU on tiny programs:
+an inference program's outputs equal the host's, a training program's SGD steps on the
+device move the weights as the host's runtime does, and the memory figures are measured.
+
+Needs arm-none-eabi-gcc, qemu-system-arm, cmake, ninja and ../shared/deps; skips, saying what
+is missing, without them. The build folder (EA_MCU_BUILD, default build/mcu) is reused: a
+cold one costs a few minutes (host flatc, the runtime), a warm one seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _mcu():
+    spec = importlib.util.spec_from_file_location(
+        "ea_mcu_build", REPO / "firmware_bridge" / "device" / "mcu" / "build.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+mcu = _mcu()
+
+
+def test_linker_script_has_the_parts_banks() -> None:
+    """No toolchain needed: the STM32F746's script is its flash and its three RAM banks at
+    their real addresses (QEMU has RAM there), nothing bigger."""
+    profile = mcu.load_profile("stm32f746")
+    script = mcu.linker_script(profile, ["SRAM1"])
+    assert "FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1048576" in script
+    assert "SRAM1 (rw) : ORIGIN = 0x20010000, LENGTH = 245760" in script
+    assert "DTCM (rw) : ORIGIN = 0x20000000, LENGTH = 65536" in script
+    assert sum(b.bytes for b in profile.banks) == 320 * 1024
+    h743 = mcu.load_profile("stm32h743")
+    assert h743.main.name == "AXI_SRAM" and h743.main.bytes == 512 * 1024
+    origins = sorted((b.origin, b.origin + b.bytes) for b in h743.banks)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(origins)), "banks overlap in QEMU"
+
+
+needs_toolchain = pytest.mark.skipif(
+    bool(mcu.missing_tools()),
+    reason=f"firmware toolchain missing: {', '.join(mcu.missing_tools())} "
+    "(apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build)",
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny inference program and a tiny Tent training program, built for QEMU (an500) and
+    the STM32F746, in their own CMake folder next to the benchmark's (sources shared)."""
+    pytest.importorskip("executorch")
+    import edgeadapt
+    from edgeadapt.api import config_for
+    from edgeadapt.export import to_training_program
+    from edgeadapt.models import create_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny import export_tiny
+
+    tmp = tmp_path_factory.mktemp("mcu")
+    pte, x, expected = export_tiny(tmp / "tiny.pte")
+    (tmp / "tiny_in.bin").write_bytes(x.numpy().astype("<f4").tobytes())
+
+    torch.manual_seed(0)
+    adapter = edgeadapt.wrap(
+        create_model("tiny_resnet"), config_for("tent", optimizer="sgd", lr=0.05)
+    )
+    batches = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    to_training_program(adapter, batches[:1], tmp / "tent.pte")
+    (tmp / "tent_in.bin").write_bytes(batches.numpy().astype("<f4").tobytes())
+
+    programs = [
+        mcu.Program("t_infer", pte, ("an500", "stm32f746"), tmp / "tiny_in.bin"),
+        mcu.Program("t_tent", tmp / "tent.pte", ("an500",), tmp / "tent_in.bin", steps=4, lr=0.05),
+    ]
+    results = {(b.program, b.profile): b for b in mcu.build(programs, fw="fw-tests")}
+    return programs, results, expected, batches
+
+
+@needs_toolchain
+def test_inference_matches_host_and_reports_memory(built) -> None:
+    programs, results, expected, _ = built
+    for profile in ("an500", "stm32f746"):
+        b = results[("t_infer", profile)]
+        assert b.elf is not None, f"did not link: {b.overflow}"
+        run = mcu.run_firmware(b.elf, timeout=60)
+        assert run.ok, run.text[-500:]
+        np.testing.assert_allclose(np.array(run.outputs), expected.numpy(), atol=1e-5)
+        assert run.planned == mcu.planned_sizes(programs[0].pte)
+        assert 0 < run.figures["method_used"] < run.figures["method_pool"]
+        assert 0 < run.figures["stack_high_water"] < run.figures["stack_size"]
+        assert b.size["text"] > b.pte_bytes  # the program is linked into flash
+
+
+@needs_toolchain
+def test_training_steps_match_host_sgd(built) -> None:
+    from edgeadapt.export.training import TrainingRunner
+    from edgeadapt.firmware_bridge.emulator.programs import program_parameters
+
+    programs, results, _, batches = built
+    prog = programs[1]
+    run = mcu.run_firmware(results[("t_tent", "an500")].elf, timeout=120)
+    assert run.ok, run.text[-500:]
+    data = prog.pte.read_bytes()
+    initial = program_parameters(data)
+    host = TrainingRunner.from_bytes(data, lr=prog.lr, momentum=0.0)
+    for step in range(prog.steps):
+        logits, _, kept = host.step(batches[step % len(batches)][None])
+        assert run.steps[step]["kept"] == kept
+        np.testing.assert_allclose(run.outputs[step], logits.flatten().numpy(), atol=1e-4)
+    final = host.parameters()
+    for device, name in zip(run.params, initial):
+        np.testing.assert_allclose(device, final[name].flatten().numpy(), atol=1e-5)
+    moved = max(np.abs(np.array(d) - initial[n].flatten().numpy()).max()
+                for d, n in zip(run.params, initial))  # fmt: skip
+    assert moved > 1e-4, "the device's SGD did not move the weights"
