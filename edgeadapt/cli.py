@@ -379,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeadapt.train_source_command import register as register_train_source
 
     register_train_source(sub)
+    from edgeadapt.sample_data_command import register as register_sample_data
+
+    register_sample_data(sub)
     _add_verbose_to_subcommands(parser)
     return parser
 
