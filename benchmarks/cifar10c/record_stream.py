@@ -136,6 +136,9 @@ def write_report(payload: dict, stem: Path, args: argparse.Namespace) -> str:
 
     mib = 1 << 20
     subset = f", first {args.n_images} images of each domain" if args.n_images else ""
+    if SUITES[args.suite] > 1:
+        subset += (", every round replays round 1's stream" if args.round_order == "repeat"
+                   else ", a label order drawn afresh each round")  # fmt: skip
     lines = [
         f"ResNet-20, CIFAR-10-C (JPEG) severity 5, {args.suite}, {SUITES[args.suite]} "
         f"round(s){subset}; correlated = Dirichlet class runs, δ = 0.1.",
