@@ -207,6 +207,10 @@ DEVICE_SETTINGS: dict[str, Any] = {
     "frozen_weights": "int8",
     "optimizer": "sgd",
     "lr": 1e-4,
+    # The device applies plain SGD to the program's gradients (docs/bridge-protocol.md §5:
+    # no momentum state on the device), so the eager twin the export check and the benchmark
+    # run must too: with the default 0.9 they stepped about 10x further than a device does.
+    "momentum": 0.0,
 }
 
 

@@ -445,6 +445,8 @@ def run(args: argparse.Namespace) -> int:
         fit = check_fit(report, args.device)
         out["fit"] = fit.to_dict()
         print(fit.message)
+        for line in fit.basis:  # which figures are measured, calibrated or estimated
+            print(f"  {line}")
         code = 0 if fit.fits else 3
     if args.json:
         _write_json(args.json, out)

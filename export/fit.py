@@ -41,6 +41,9 @@ class FitResult:
     fits: bool
     placements: tuple[Placement, ...]
     shortfalls: tuple[Shortfall, ...]
+    # Where the figures not read from the program come from (measured firmware build,
+    # calibrated or plain estimate): one sentence each.
+    basis: tuple[str, ...] = ()
 
     @property
     def missing_bytes(self) -> int:
@@ -65,6 +68,7 @@ class FitResult:
             "message": self.message,
             "placements": [vars(p) for p in self.placements],
             "shortfalls": [vars(s) for s in self.shortfalls],
+            "basis": list(self.basis),
         }
 
 
@@ -108,10 +112,15 @@ def check_fit(
     banks (`planned_for` is its key) has each arena checked against the bank it was planned
     for; other arenas are placed first-fit decreasing. On an MCU the trainable tensors of a
     training program need RAM too: the runtime updates them in place. With
-    `include_runtime`, the runtime's own tables for the method (`runtime_bytes_estimate`, an
-    estimate) need RAM as well. XNNPACK programs do not run on MCUs (XNNPACK has no
-    Cortex-M or Xtensa kernels) and never fit one.
+    `include_runtime`, the runtime's own tables for the method need RAM as well, and on an
+    MCU whose core has a measured firmware build (`firmware_measured`) so do the firmware's
+    .data+.bss, stack and temp allocator, and its code needs flash beside the constants: the
+    tables are then the estimate calibrated on that build, the rest the measured figures.
+    `basis` says which figure came from where. XNNPACK programs do not run on MCUs (XNNPACK
+    has no Cortex-M or Xtensa kernels) and never fit one.
     """
+    from edgeadapt.export.firmware_measured import measurement_for, runtime_figure
+
     if isinstance(profile, str):
         profile = load_profile(profile)
     sizes = _sizes(report_or_sizes)
@@ -139,18 +148,38 @@ def check_fit(
         else:
             shortfalls.append(Shortfall(f"arena {i}", size, name, size - free.get(name, 0)))
             free[name] = 0  # the arena fills its bank (and more): nothing else goes there
+    basis: list[str] = []
+    firmware = measurement_for(profile.cpu.core) if profile.kind == "mcu" else None
     if profile.kind == "mcu":
         flash = profile.flash_bytes - profile.flash_reserved_bytes
-        if constants <= flash:
-            placements.append(Placement("constants", constants, "flash"))
-        else:
-            shortfalls.append(Shortfall("constants", constants, "flash", constants - flash))
+        in_flash = [("constants", constants)]
+        if firmware is not None and include_runtime:
+            in_flash.append(("firmware code (measured)", firmware.code_bytes))
+            items.append(("firmware .data+.bss+stack (measured)", firmware.firmware_ram_bytes))
+            basis.append(
+                f"firmware: code {firmware.code_bytes:,} B, .data+.bss {firmware.data_bss_bytes:,}"
+                f" B, stack high-water {firmware.stack_bytes:,} B, temp allocator "
+                f"{firmware.temp_bytes:,} B, the largest measured on {firmware.core} "
+                f"({firmware.source})"
+            )
+        for item, size in in_flash:
+            if size <= flash:
+                placements.append(Placement(item, size, "flash"))
+                flash -= size
+            else:
+                shortfalls.append(Shortfall(item, size, "flash", size - flash))
+                flash = 0
         if sizes["trainable"] > 0:
             items.append(("trainable tensors", sizes["trainable"]))
     elif constants > 0:
         items.append(("constants", constants))
     if sizes["runtime"] > 0 and include_runtime:
-        items.append(("runtime tables (est.)", sizes["runtime"]))
+        if profile.kind == "mcu":
+            figure = runtime_figure(sizes["runtime"], profile.cpu.core)
+            items.append((figure.label, figure.bytes))
+            basis.append(figure.note)
+        else:  # a Linux board: the runtime's tables are a rounding error beside its RAM
+            items.append(("runtime tables (est.)", sizes["runtime"]))
     for item, size in sorted(items, key=lambda t: -t[1]):
         bank = next((b for b in banks if free[b.name] >= size), None)
         if bank is None:
@@ -162,7 +191,9 @@ def check_fit(
             continue
         free[bank.name] -= size
         placements.append(Placement(item, size, bank.name))
-    return FitResult(profile.name, not shortfalls, tuple(placements), tuple(shortfalls))
+    return FitResult(
+        profile.name, not shortfalls, tuple(placements), tuple(shortfalls), tuple(basis)
+    )
 
 
 def require_fit(

@@ -23,7 +23,7 @@ from edgeadapt.models import (
 )
 from edgeadapt.models.cifar_resnet import PadShortcut
 
-CIFAR_MODELS = [name for name in list_models() if not name.startswith("tv_")]
+CIFAR_MODELS = [name for name in list_models() if not name.startswith(("tv_", "timm_"))]
 TV_MODELS = list_models("tv_*")
 CIFAR_DEPTH_N = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
 
@@ -234,7 +234,7 @@ def test_list_models_wildcards() -> None:
 
 
 def test_import_does_not_import_torchvision() -> None:
-    code = "import sys, edgeadapt.models; sys.exit('torchvision' in sys.modules)"
+    code = "import sys, edgeadapt.models; sys.exit('torchvision' in sys.modules or 'timm' in sys.modules)"
     root = Path(__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 
@@ -246,6 +246,13 @@ def test_torchvision_missing_is_an_import_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "torchvision", None)  # makes `import torchvision` fail
     with pytest.raises(ImportError, match="pip install torchvision"):
         create_model("tv_resnet18")
+
+
+def test_timm_missing_is_an_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(ImportError, match="pip install timm"):
+        create_model("timm_resnet18")
+    assert list_models("timm_*") == ["timm_mobilenetv3_small", "timm_resnet18"]
 
 
 @pytest.mark.parametrize("name", TV_MODELS)

@@ -60,6 +60,22 @@ SETTINGS: dict[str, tuple[str, dict]] = {
         )
         for lr in (3e-5, 1e-4, 3e-4)
     },
+    # The device applies plain SGD (no momentum state; docs/bridge-protocol.md §5): its
+    # step size chosen here, with the frozen BNs on the stream as DEVICE_SETTINGS has them.
+    **{
+        f"ecotta device, BNs on the stream, plain SGD {lr:g}": (
+            "ecotta",
+            {
+                **DEVICE,
+                "frozen_bn": "batch",
+                "stat_window": GROW,
+                "optimizer": "sgd",
+                "momentum": 0.0,
+                "lr": lr,
+            },
+        )
+        for lr in (1e-4, 3e-4, 1e-3)
+    },
     "tent, window 512→4096": ("tent", {"stat_window": GROW}),
     "tent, window 512→4096, lr 1e-4": ("tent", {"stat_window": GROW, "lr": 1e-4}),
     "sar, window 512→4096, lr 1e-4": ("sar", {"stat_window": GROW, "lr": 1e-4}),

@@ -37,8 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeadapt.export.firmware_measured import measurement_path, write_measurement
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+CORE = "Arm Cortex-M7"  # what mps2-an500 emulates, and the profiles' cpu.core it calibrates
 F746_SRAM = 320 * 1024
 
 
@@ -255,11 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--render", action="store_true",
                    help="only rewrite results.md from results.json")  # fmt: skip
+    p.add_argument("--measurement", type=Path, default=None,
+                   help="the fit check's calibration file to write (default: the shipped "
+                        "devices/firmware_cortex_m7.json, when --out is this folder)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.measurement is None and args.out.resolve() == HERE:
+        args.measurement = measurement_path(CORE)
     if args.render:
         saved = json.loads((args.out / "results.json").read_text())
         (args.out / "results.md").write_text(markdown(saved["rows"], saved["device_vs_host"],
                                                       saved["stm32f746"], saved["meta"]) + "\n")  # fmt: skip
+        _write_measurement(args.measurement, saved["rows"], saved["meta"])
         return 0
     mcu = _build_module()
     inputs_path = mcu.cifar_inputs(mcu.build_dir() / "inputs" / f"cifar_{args.inputs}.bin",
@@ -310,7 +319,19 @@ def main(argv: list[str] | None = None) -> int:
         indent=1) + "\n")  # fmt: skip
     (args.out / "results.md").write_text(markdown(rows, compares, budgets, meta) + "\n")
     print(f"wrote {args.out / 'results.json'} and results.md")
+    _write_measurement(args.measurement, rows, meta)
     return 0
+
+
+def _write_measurement(path: Path | None, rows: list[dict], meta: dict) -> None:
+    """The figures `check_fit` uses for Cortex-M7 profiles: the measurement build's rows."""
+    if path is None:
+        return
+    ran = [r for r in rows if r["build"] == "an500" and r.get("method_used")]
+    source = (f"benchmarks/firmware/results.md: ExecuTorch {meta['executorch']}, "
+              f"arm-none-eabi-gcc {meta['gcc'].split(')')[-1].split()[0]} -Os, QEMU mps2-an500")  # fmt: skip
+    write_measurement(path, CORE, source, ran)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

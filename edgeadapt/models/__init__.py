@@ -1,8 +1,8 @@
 """Backbones by name: ``create_model("resnet20", checkpoint=...)`` and ``list_models("resnet*")``;
 ``create_model("resnet20", pretrained=True)`` for the released weights (`list_pretrained()`).
 
-Importing this package registers every backbone; torchvision is imported only when a
-``tv_*`` model is created.
+Importing this package registers every backbone; torchvision (timm) is imported only when a
+``tv_*`` (``timm_*``) model is created.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from edgeadapt.errors import ConfigError
 
 # Imported for their register_model calls as much as for their names.
-from edgeadapt.models import cifar_resnet, torchvision_models  # noqa: F401
+from edgeadapt.models import cifar_resnet, timm_models, torchvision_models  # noqa: F401
 from edgeadapt.models._registry import get_model_entry, list_models, register_model
 from edgeadapt.models.checkpoints import load_checkpoint
 from edgeadapt.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD, CifarResNet, Normalize

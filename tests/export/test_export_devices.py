@@ -68,7 +68,9 @@ def test_malformed_profile_names_the_field(tmp_path):
 
 
 def test_fit_places_largest_buffer_in_largest_bank():
-    fit = check_fit({"arena_bytes": [300_000], "constant_bytes": 500_000}, "stm32h743")
+    fit = check_fit(
+        {"arena_bytes": [300_000], "constant_bytes": 500_000}, "stm32h743", include_runtime=False
+    )
     assert fit.fits
     assert {(p.item, p.where) for p in fit.placements} == {
         ("arena 0", "AXI SRAM"),
@@ -87,7 +89,9 @@ def test_fit_reports_missing_bytes_and_bank():
 
 
 def test_external_ram_takes_what_internal_cannot_and_linux_counts_constants():
-    fit = check_fit({"arena_bytes": [1_000_000], "constant_bytes": 0}, "stm32f746")
+    fit = check_fit(
+        {"arena_bytes": [1_000_000], "constant_bytes": 0}, "stm32f746", include_runtime=False
+    )
     assert fit.fits and fit.placements[-1].where == "SDRAM"
     linux = check_fit({"arena_bytes": [1000], "constant_bytes": 5000}, "rpi4_4gb")
     assert {p.item for p in linux.placements} == {"arena 0", "constants"}
