@@ -125,13 +125,29 @@ def resolve_parts(model: nn.Module, specs: Sequence[PartSpec], example: Tensor) 
                 f"part {list(group)} runs before the part listed before it; list parts in forward order"
             )
         last_order = last.order
-        h_in, h_out = first.inp.shape[2], last.out.shape[2]
-        if h_in % h_out:
-            raise PartitionError(
-                f"part {list(group)} maps height {h_in} to {h_out}: not an integer stride"
-            )
-        parts.append(Part(group, first.inp.shape[1], last.out.shape[1], h_in // h_out))
+        in_hw, out_hw = tuple(first.inp.shape[2:]), tuple(last.out.shape[2:])
+        stride = _stride(group, in_hw, out_hw)
+        parts.append(Part(group, first.inp.shape[1], last.out.shape[1], stride))
     return parts
+
+
+def _stride(group: Sequence[str], in_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> int:
+    """The part's downsampling factor s, as the meta conv block will apply it.
+
+    The meta block's conv (odd kernel k, padding k // 2, stride s) maps n pixels to
+    ceil(n / s), as do the parts' own stride-s convs with the same padding and the option-A
+    shortcuts (x[..., ::s, ::s]). So s is the stride whose ceil maps both sides of the input
+    to the output: 27 -> 14 is stride 2, though 27 is not a multiple of 14.
+    """
+    for s in range(1, max(in_hw) + 1):
+        if all(-(-i // s) == o for i, o in zip(in_hw, out_hw)):
+            return s
+    raise PartitionError(
+        f"part {list(group)} maps {in_hw[0]}x{in_hw[1]} to {out_hw[0]}x{out_hw[1]}: no stride s "
+        "gives ceil(input / s) on both sides, so no meta conv can match its output; choose "
+        "parts that downsample by a stride-s conv with 'same'-style padding, or an input size "
+        "that each stage divides"
+    )
 
 
 def _is_stage(m: nn.Module) -> bool:

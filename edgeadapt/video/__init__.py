@@ -1,10 +1,11 @@
 """Streaming video through a model: sources, per-frame delta inference, adaptation, summaries.
 
 Layers, bottom up: `errors` → `preprocess` (fit frames to the model, input hysteresis, to
-tensors) → `sources` (video files via PyAV, image sequences via Pillow, cameras via OpenCV,
-arrays) and `synthetic` (labelled clips from still images) → `_engines` (a dense and a delta
-per-frame predictor with MAC accounting) → `streaming` (the loop: predict, adapt, scene cuts)
-→ `summary` (a JSON-able report) → `command` (`edgeadapt stream`).
+tensors) and `scene_cut` (cuts judged against the stream's own change) → `sources` (video
+files via PyAV, image sequences via Pillow, cameras via OpenCV, arrays) and `synthetic`
+(labelled clips from still images) → `_engines` (a dense and a delta per-frame predictor with
+MAC accounting) → `streaming` (the loop: predict, adapt, scene cuts) → `summary` (a JSON-able
+report) → `command` (`edgeadapt stream`).
 
 Names are imported lazily, so `import edgeadapt.video` loads neither torch nor a decoder.
 """
@@ -18,6 +19,7 @@ from typing import Any
 _LAZY = {
     "FrameDecodeError": "errors",
     "MissingDependencyError": "errors",
+    "PartialVideoError": "errors",
     "SourceNotFoundError": "errors",
     "InputHysteresis": "preprocess",
     "fit_frame": "preprocess",
@@ -27,7 +29,10 @@ _LAZY = {
     "FrameSource": "sources",
     "ImageSequenceSource": "sources",
     "VideoFileSource": "sources",
+    "InputReport": "sources",
     "open_frames": "sources",
+    "SceneCutConfig": "scene_cut",
+    "SceneCutDetector": "scene_cut",
     "ClipStyle": "synthetic",
     "synthesize_clip": "synthetic",
     "synthesize_clips": "synthetic",

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-__all__ = ["register", "run"]
+__all__ = ["PARTIAL_INPUT_EXIT", "register", "run"]
+
+# Exit status of a stream that ran to the end of a source that ended early or lost frames
+# (without --allow-partial): not 0, whose summary would pass for the whole video, and not 2,
+# the status of input refused before any frame was read.
+PARTIAL_INPUT_EXIT = 3
+
+_SIZE_FORMS = "N (N×N) or HxW, positive integers, e.g. 32 or 240x320"
 
 
 def _index_list(text: str) -> list[int]:
@@ -21,8 +29,35 @@ def _index_list(text: str) -> list[int]:
         ) from exc
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    """--size: N -> (N, N), HxW -> (H, W)."""
+    parts = text.strip().lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(parts[0]),) * 2 if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        h = w = 0
+    if len(parts) > 2 or h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected {_SIZE_FORMS}; got {text!r}")
+    return h, w
+
+
+def _scene_cut(text: str) -> str | float:
+    """--scene-cut-threshold: "auto" or a changed-pixel fraction (its range: `_check_args`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a changed-pixel fraction in [0, 1]; got {text!r}"
+        ) from None
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the `stream` subcommand to an argparse subparsers object; returns its parser."""
+    from edgeadapt.video.scene_cut import SceneCutConfig
+
+    cuts = SceneCutConfig()  # its defaults, for --scene-cut-threshold's help
     p = subparsers.add_parser(
         "stream",
         help="stream a video, image sequence or camera through a model (delta inference, TTA)",
@@ -63,7 +98,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="--adapt ecotta/eata without warm-up or Fisher (the summary says so)",
     )
-    p.add_argument("--size", type=int, default=32, help="frames are fitted to size×size")
+    p.add_argument(
+        "--size",
+        type=_frame_size,
+        default=(32, 32),
+        metavar="N|HxW",
+        help="frames are fitted to height×width: HxW (e.g. 240x320), or N for N×N (default 32)",
+    )
     p.add_argument("--fit", choices=("crop", "squash"), default="crop")
     p.add_argument("--limit", type=int, default=None, help="at most this many frames")
     p.add_argument("--start", type=int, default=0, help="skip this many frames first")
@@ -76,13 +117,24 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scene-cut-threshold",
-        type=float,
-        default=0.5,
-        help="changed-pixel fraction that counts as a scene cut (re-anchor)",
+        type=_scene_cut,
+        default="auto",
+        metavar="auto|FRACTION",
+        help="what counts as a scene cut (re-anchor). auto (default): a frame whose median "
+        f"pixel change is over {cuts.ratio:g}x the stream's recent median and over "
+        f"{cuts.min_change:g} levels (edgeadapt.video.scene_cut); a number in [0, 1]: the delta "
+        "runtime's fraction of changed pixels instead (codec noise alone changes most pixels "
+        "of a still scene)",
     )
     p.add_argument("--cut-at", type=_index_list, default=[], help="known cuts: frame indices")
     p.add_argument(
         "--compare-dense", action="store_true", help="also run the dense model: agreement, speed"
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="exit 0 even when a video ends before its declared frame count or loses frames "
+        f"it cannot decode (else: the summary, a warning, exit {PARTIAL_INPUT_EXIT})",
     )
     p.add_argument("--json", default=None, help="write the summary and per-frame records here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -113,14 +165,14 @@ def _check_args(args: argparse.Namespace) -> None:
     at_least(args.num_classes, 1, "--num-classes")
     # 2**bits - 1 quantiser levels; float32 activations resolve no more than 24 bits.
     in_range(args.bits, 1, 24, "--bits")
-    at_least(args.size, 1, "--size")
     at_least(args.start, 0, "--start")
     at_least(args.stride, 1, "--stride")
     if args.delta or args.adapt:  # both calibrate on the first frames, which takes two
         at_least(args.limit, 2, "--limit", " with --delta or --adapt (they calibrate on 2 frames)")
     at_least(args.limit, 1, "--limit")
     in_range(args.input_threshold, 0.0, 255.0, "--input-threshold", high_open=True)
-    in_range(args.scene_cut_threshold, 0.0, 1.0, "--scene-cut-threshold")
+    if args.scene_cut_threshold != "auto":
+        in_range(args.scene_cut_threshold, 0.0, 1.0, "--scene-cut-threshold")
     negative = [i for i in args.cut_at if i < 0]
     if negative:
         raise ConfigError(f"--cut-at takes frame indices >= 0, got {negative}")
@@ -173,7 +225,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from edgeadapt.delta import DeltaRuntimeConfig
     from edgeadapt.models import create_model
     from edgeadapt.video.sources import open_frames
     from edgeadapt.video.streaming import stream
@@ -183,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     setup_source = _setup_source(args)
     source = open_frames(
         args.source, size=args.size, fit=args.fit, limit=args.limit, stride=args.stride,
-        start=args.start,
+        start=args.start, allow_partial=True,  # judged below, after the summary is written
     )  # fmt: skip
     model = create_model(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
     delta_state = None
@@ -193,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
     frames = stream(
         source, model, delta=args.delta, adapt=args.adapt, batch_size=args.adapt_batch,
         compare_dense=args.compare_dense, input_threshold=args.input_threshold,
-        runtime_config=DeltaRuntimeConfig(scene_cut_threshold=args.scene_cut_threshold),
-        cut_at=args.cut_at, delta_state=delta_state, bits=args.bits,
+        scene_cut=_scene_cut_rule(args.scene_cut_threshold), cut_at=args.cut_at,
+        delta_state=delta_state, bits=args.bits,
         **_setup_options(args, setup_source, setups),
     )  # fmt: skip
     total = source.expected_frames()  # None: a camera, or a video that stores no count
@@ -209,13 +260,36 @@ def run(args: argparse.Namespace) -> int:
         from edgeadapt.setup_data import describe_setup
 
         summary["adapter_setup"] = {"setup": setups[0], "summary": describe_setup(setups[0])}
+    report = source.input_report()  # None: a source that declares no length (images, arrays)
+    if report is not None:
+        summary["input"] = report.to_dict()
+    partial = report is not None and report.partial
+    if partial:
+        summary["warnings"] = [report.describe()]
     print(_format(summary))
     if args.json:
         payload = {**summary, "per_frame": per_frame_table(results)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0
+    if not partial:
+        return 0
+    if args.allow_partial:
+        print(f"edgeadapt stream: warning: {report.describe()} (--allow-partial)", file=sys.stderr)
+        return 0
+    print(
+        f"edgeadapt stream: partial input: {report.describe()}; the summary covers only the "
+        f"frames read. Pass --allow-partial to accept that (exit 0)",
+        file=sys.stderr,
+    )
+    return PARTIAL_INPUT_EXIT
+
+
+def _scene_cut_rule(value: str | float):
+    """--scene-cut-threshold as `stream`'s scene_cut: the detector's defaults, or a fraction."""
+    from edgeadapt.video.scene_cut import SceneCutConfig
+
+    return SceneCutConfig() if value == "auto" else float(value)
 
 
 def _setup_options(args: argparse.Namespace, setup_source, setups: list) -> dict:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from edgeadapt.errors import EdgeAdaptError, InputError
 
-__all__ = ["FrameDecodeError", "MissingDependencyError", "SourceNotFoundError"]
+__all__ = [
+    "FrameDecodeError",
+    "MissingDependencyError",
+    "PartialVideoError",
+    "SourceNotFoundError",
+]
 
 
 class SourceNotFoundError(EdgeAdaptError, FileNotFoundError):
@@ -13,6 +18,11 @@ class SourceNotFoundError(EdgeAdaptError, FileNotFoundError):
 
 class FrameDecodeError(InputError):
     """A source exists but its frames cannot be decoded (corrupt file, unknown format)."""
+
+
+class PartialVideoError(FrameDecodeError):
+    """A video ended before its declared length or lost frames its decoder rejected; raised
+    after the frames that could be read, unless the source allows partial input."""
 
 
 class MissingDependencyError(EdgeAdaptError, ImportError):

@@ -4,6 +4,11 @@ Every source iterates uint8 (H, W, 3) RGB frames, optionally fitted to the model
 size, from `start`, every `stride`-th frame, at most `limit` frames. Decoders are imported
 when a source is opened, so `import edgeadapt.video` stays light; a missing one raises
 `MissingDependencyError` naming the pip package.
+
+A video file that ends before the length its container declares (a truncated download, a
+recording cut short) or loses packets its decoder rejects raises `PartialVideoError` once the
+frames it holds are read, unless `allow_partial=True`; `input_report()` says what was read
+either way.
 """
 
 from __future__ import annotations
@@ -11,13 +16,20 @@ from __future__ import annotations
 import glob
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from edgeadapt._extras import require
 from edgeadapt.errors import ConfigError
-from edgeadapt.video.errors import FrameDecodeError, MissingDependencyError, SourceNotFoundError
+from edgeadapt.video.errors import (
+    FrameDecodeError,
+    MissingDependencyError,
+    PartialVideoError,
+    SourceNotFoundError,
+)
 from edgeadapt.video.preprocess import Fit, check_frame, fit_frame
 
 __all__ = [
@@ -26,12 +38,59 @@ __all__ = [
     "CameraSource",
     "FrameSource",
     "ImageSequenceSource",
+    "InputReport",
     "VideoFileSource",
     "open_frames",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class InputReport:
+    """What the latest pass over a video read, against what its container declares."""
+
+    declared_frames: int | None  # the container's frame count, else from its duration; None
+    declared_from: str | None  # "frame count" or "duration" (an estimate: rate × duration)
+    decoded_frames: int  # frames the decoder delivered (before start / stride / limit)
+    failed_packets: int  # packets the decoder rejected: frames lost mid-stream
+    reached_end: bool  # the demuxer reached the end (False: stopped by limit or a read error)
+    read_error: str | None  # what stopped reading before the end, if anything did
+
+    @property
+    def missing_frames(self) -> int:
+        """Frames short of the declared count, once the end was reached; else 0."""
+        if not self.reached_end or self.declared_frames is None:
+            return 0
+        short = self.declared_frames - self.decoded_frames
+        # A count from the duration is rate × duration, rounded: allow 2% for its error.
+        slack = 0 if self.declared_from == "frame count" else max(1, self.declared_frames // 50)
+        return short if short > slack else 0
+
+    @property
+    def partial(self) -> bool:
+        """The pass lost frames: it ended early, or frames failed to decode."""
+        return bool(self.missing_frames or self.failed_packets or self.read_error)
+
+    def describe(self) -> str:
+        """One line on what was lost (or that nothing was)."""
+        if not self.partial:
+            return f"decoded {self.decoded_frames} frames, none lost"
+        said = []
+        if self.read_error:
+            said.append(f"reading stopped after {self.decoded_frames} frames ({self.read_error})")
+        if self.missing_frames:
+            said.append(
+                f"decoded {self.decoded_frames} of the {self.declared_frames} frames its "
+                f"{self.declared_from} declares: the file ends early (truncated?)"
+            )
+        if self.failed_packets:
+            said.append(f"{self.failed_packets} packets failed to decode (frames lost)")
+        return "; ".join(said)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "missing_frames": self.missing_frames, "partial": self.partial}
 
 
 class FrameSource:
@@ -43,6 +102,9 @@ class FrameSource:
         limit: at most this many frames (None: all).
         stride: keep every `stride`-th frame.
         start: skip this many frames first.
+        allow_partial: a source that ends before its declared length or loses frames it
+            cannot decode (a video file) ends quietly instead of raising `PartialVideoError`;
+            `input_report()` says what was read.
     """
 
     name = "frames"
@@ -55,12 +117,19 @@ class FrameSource:
         limit: int | None = None,
         stride: int = 1,
         start: int = 0,
+        allow_partial: bool = False,
     ) -> None:
         if stride < 1 or start < 0 or (limit is not None and limit < 0):
             raise ConfigError(
                 f"need stride >= 1, start >= 0, limit >= 0; got {stride}, {start}, {limit}"
             )
         self.size, self.fit, self.limit, self.stride, self.start = size, fit, limit, stride, start
+        self.allow_partial = allow_partial
+
+    def input_report(self) -> InputReport | None:
+        """What the latest iteration read against the declared length (video files); None for
+        sources that declare none, or before any iteration."""
+        return None
 
     def _raw(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -127,6 +196,10 @@ class VideoFileSource(FrameSource):
         if not self.path.is_file():
             raise SourceNotFoundError(f"video file not found: {self.path}")
         require("av", "reading a video file")  # before any progress bar or model work
+        self._progress: dict[str, object] = {}  # the latest pass's InputReport fields
+
+    def input_report(self) -> InputReport | None:
+        return InputReport(**self._progress) if self._progress else None  # type: ignore[arg-type]
 
     def _raw(self) -> Iterator[np.ndarray]:
         av = require("av", "reading a video file")
@@ -139,15 +212,27 @@ class VideoFileSource(FrameSource):
                 raise FrameDecodeError(f"{self.path}: has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # decode with ffmpeg's own threads
-            decoded = 0
-            try:
-                for frame in container.decode(stream):
-                    decoded += 1
-                    yield frame.to_ndarray(format="rgb24")
-            except av.error.FFmpegError as exc:
-                raise FrameDecodeError(f"{self.path}: decoding failed ({exc})") from exc
-            if decoded == 0:  # a header without pictures must not pass as an empty stream
-                raise FrameDecodeError(f"{self.path}: the video stream holds no decodable frames")
+            declared, declared_from = _declared_frames(container, stream)
+            # Updated as frames arrive, so a pass cut short by `limit` still reports.
+            progress = self._progress = {
+                "declared_frames": declared, "declared_from": declared_from,
+                "decoded_frames": 0, "failed_packets": 0, "reached_end": False,
+                "read_error": None,
+            }  # fmt: skip
+            for frame in _decode(av, container, stream, progress):
+                progress["decoded_frames"] += 1  # type: ignore[operator]
+                yield frame.to_ndarray(format="rgb24")
+            if progress["decoded_frames"] == 0:  # a header without pictures is no empty stream
+                raise FrameDecodeError(
+                    f"{self.path}: the video stream holds no decodable frames"
+                    + (f" ({progress['read_error']})" if progress["read_error"] else "")
+                )
+            report = self.input_report()
+            if report is not None and report.partial and not self.allow_partial:
+                raise PartialVideoError(
+                    f"{self.path}: {report.describe()}. Pass allow_partial=True (edgeadapt "
+                    "stream: --allow-partial) to accept the frames that were read"
+                )
         finally:
             container.close()
 
@@ -162,6 +247,43 @@ class VideoFileSource(FrameSource):
         except Exception:
             return None
         return int(count) or None
+
+
+def _decode(av, container, stream, progress: dict[str, object]):
+    """The stream's frames, packet by packet: a packet the decoder rejects is counted and
+    skipped (its frame is lost, the next key frame recovers), and a read error ends the
+    stream where it happens; both go into `progress`."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            progress["reached_end"] = True
+            return
+        except av.error.FFmpegError as exc:
+            progress["read_error"] = str(exc)
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            progress["failed_packets"] += 1  # type: ignore[operator]
+            continue
+        yield from frames
+
+
+def _declared_frames(container, stream) -> tuple[int | None, str | None]:
+    """The frame count the container declares, or one from its duration and frame rate."""
+    if stream.frames:
+        return int(stream.frames), "frame count"
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base and rate:
+        seconds = stream.duration * stream.time_base
+    elif container.duration and rate and len(container.streams) == 1:
+        # The container's duration is its longest stream's: the video's only when it is alone.
+        seconds = Fraction(container.duration, 1_000_000)  # AV_TIME_BASE
+    else:
+        return None, None
+    return round(seconds * rate) or None, "duration"
 
 
 def _natural_key(path: Path) -> list[object]:

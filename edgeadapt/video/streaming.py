@@ -21,10 +21,15 @@ order, predicting each frame as it arrives (batch of one). Options:
 - `compare_dense`: also run a dense float32 model per frame (the current weights without
   quantisers when `delta`, else the original model) and record its prediction and latency.
 
-Scene cuts: the runtime re-anchors when more than `runtime_config.scene_cut_threshold` of
-the input pixels changed (detected; `FrameResult.scene_cut`), and before every frame index in
-`cut_at` (signalled by a caller who knows: an edit list, a seek; `FrameResult.cut_signalled`).
-A signalled cut also restarts the input hysteresis from the new frame.
+Scene cuts re-anchor the delta runtime and restart the input hysteresis from the new frame.
+Detected ones (`FrameResult.scene_cut`) follow `scene_cut`. A `SceneCutConfig`: a frame whose
+change is far above the stream's own recent change (`edgeadapt.video.scene_cut`; measured on
+the frames before hysteresis, in delta and dense streams alike). A float: the runtime's
+changed-pixel fraction (`DeltaRuntimeConfig.scene_cut_threshold`; delta streams only; codec
+noise alone can exceed it). None: no detection. "auto" (the default): `SceneCutConfig()`,
+or, where a `runtime_config` is given, its own fraction, as before that rule existed.
+Signalled ones come before every frame index in `cut_at` (a caller who knows: an edit list, a
+seek; `FrameResult.cut_signalled`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import itertools
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,6 +57,7 @@ from edgeadapt.video.preprocess import (
     check_frame,
     to_model_input,
 )
+from edgeadapt.video.scene_cut import SceneCutConfig, SceneCutDetector
 
 __all__ = ["FrameResult", "stream"]
 
@@ -67,7 +73,7 @@ class FrameResult:
     macs_dense: int  # conv / linear MACs of a dense pass of the current model
     macs_performed: int  # what the delta runtime performed (== macs_dense without delta)
     anchor: bool = False  # dense pass that (re)started the delta state
-    scene_cut: bool = False  # detected: the changed-pixel threshold fired
+    scene_cut: bool = False  # detected (`stream`'s scene_cut rule fired)
     cut_signalled: bool = False  # the caller said a new scene starts here (`cut_at`)
     macs_element: int | None = None  # an element-sparse engine's count (see _engines)
     layer_nonzero: dict[str, float] = field(default_factory=dict)  # non-zero fraction of Δx
@@ -123,6 +129,7 @@ def stream(
     compare_dense: bool = False,
     input_threshold: float = 0.0,
     runtime_config: DeltaRuntimeConfig | None = None,
+    scene_cut: SceneCutConfig | float | Literal["auto"] | None = "auto",
     cut_at: Collection[int] = (),
     delta_state: dict[str, torch.Tensor] | None = None,
     bits: int = 8,
@@ -148,12 +155,14 @@ def stream(
     frames' size, normalised with `mean`/`std`), else the shared CIFAR-10 where present, else
     `SourceDataError` before any frame is read; `no_warmup` skips it on purpose.
     `on_setup(record)` receives what ran (also `adapter.setup_record`).
+    `scene_cut`: how cuts are detected (module docstring).
     """
     if adapt is not None and batch_size < 2:
         raise ConfigError(f"adaptation needs batches of 2 or more frames, got {batch_size}")
     if calibration_frames < 2:
         raise ConfigError(f"calibration_frames must be >= 2, got {calibration_frames}")
     setup_source = _setup_source(adapt, source_data, warmup_steps, no_warmup)
+    runtime_config, detector = _scene_cut_rule(scene_cut, runtime_config)
     it = iter(frames)
     needs_deltaify = delta and not delta_activations(model)
     needs_example = needs_deltaify or (adapt is not None and not _is_adapter(adapt))
@@ -195,10 +204,16 @@ def stream(
     for index, frame in enumerate(itertools.chain(head, it)):
         frame = check_frame(frame, index)
         signalled = index in cuts and index > 0
-        if signalled:
+        start = time.perf_counter()
+        detected = False
+        if detector is not None:
+            if signalled:
+                detector.restart(frame)
+            else:
+                detected = detector(frame)
+        if signalled or detected:
             engine.signal_scene_cut()
             hysteresis.reset()
-        start = time.perf_counter()
         x = to_model_input(hysteresis(frame), mean, std)
         logits, stats = engine(x)
         latency = time.perf_counter() - start
@@ -211,7 +226,7 @@ def stream(
             macs_dense=stats.macs_dense,
             macs_performed=stats.macs_performed,
             anchor=stats.anchor,
-            scene_cut=stats.scene_cut,
+            scene_cut=detected or stats.scene_cut,
             cut_signalled=signalled,
             macs_element=stats.macs_element,
             layer_nonzero=stats.layer_nonzero,
@@ -233,6 +248,30 @@ def stream(
                 if reference is not None and delta:
                     reference.refresh(strip_delta(adapter.model))
         yield result
+
+
+def _scene_cut_rule(
+    scene_cut: SceneCutConfig | float | str | None, config: DeltaRuntimeConfig | None
+) -> tuple[DeltaRuntimeConfig, SceneCutDetector | None]:
+    """The runtime's config and the detector (None: the runtime's own fraction test, or no
+    detection) that `scene_cut` asks for (module docstring)."""
+    if scene_cut == "auto":
+        if config is not None:  # a caller's runtime config keeps the cut rule it names
+            return config, None
+        scene_cut = SceneCutConfig()
+    if isinstance(scene_cut, bool) or not isinstance(
+        scene_cut, SceneCutConfig | float | int | None
+    ):
+        raise ConfigError(
+            f"scene_cut must be 'auto', a SceneCutConfig, a changed-pixel fraction in [0, 1] "
+            f"or None; got {scene_cut!r}"
+        )
+    config = config or DeltaRuntimeConfig()
+    if isinstance(scene_cut, float | int):  # the runtime's own test; replace() checks the range
+        return replace(config, scene_cut_threshold=float(scene_cut)), None
+    # A changed-pixel fraction never exceeds 1: the runtime's own test is off.
+    config = replace(config, scene_cut_threshold=1.0)
+    return config, (SceneCutDetector(scene_cut) if scene_cut is not None else None)
 
 
 def _setup_source(adapt: object, source_data: Any, warmup_steps: int, no_warmup: bool):

@@ -32,7 +32,6 @@ def _refused(capsys, argv: list[str]) -> str:
         (["--delta", "--limit", "1"], "--limit"),  # delta calibrates on 2 frames
         (["--stride", "0"], "--stride"),
         (["--start", "-1"], "--start"),
-        (["--size", "0"], "--size"),
         (["--bits", "0"], "--bits"),
         (["--bits", "99"], "--bits"),
         (["--num-classes", "0"], "--num-classes"),
