@@ -27,6 +27,7 @@ EXTRA_OF: dict[str, tuple[str, str]] = {
     "scipy": ("scipy", "bench"),
     "sklearn": ("scikit-learn", "bench"),
     "matplotlib": ("matplotlib", "bench"),
+    "ray": ("ray", "sweep"),
 }
 
 

@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeadapt.sample_data_command import register as register_sample_data
 
     register_sample_data(sub)
+    from edgeadapt.fleet.command import register as register_fleet
+
+    register_fleet(sub)
     _add_verbose_to_subcommands(parser)
     return parser
 

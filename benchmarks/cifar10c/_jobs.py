@@ -1,21 +1,29 @@
 """Run several `edgeadapt bench` processes side by side and merge what they write.
 
 A benchmark process is mostly single-threaded Python driving small kernels, so on a machine
-with many cores (or a GPU) running methods and variants in parallel is what makes the long
-runs fit. Each job writes its own JSON and log; `merge` joins the JSONs into one payload that
-`edgeadapt.bench.report.results_from_json` reads.
+with many cores (or a GPU), or a Ray cluster, running methods and variants in parallel is what
+makes the long runs fit. Each job writes its own JSON and log; `merge` joins the JSONs into one
+payload that `edgeadapt.bench.report.results_from_json` reads. The jobs run as Ray tasks by
+default (`_sweep.py`; `--executor pool` runs them in a thread pool here instead).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _sweep import add_executor_args, run_jobs
+
+__all__ = [
+    "TEACHER",
+    "add_executor_args",
+    "bench_command",
+    "keep_earlier_rows",
+    "merge",
+    "run_parallel",
+]
 
 # EcoTTA's mean-teacher option as the record and the tuning sweep run it (off by default).
 TEACHER = {"teacher_momentum": 0.999, "teacher_views": 4}
@@ -28,31 +36,20 @@ def bench_command(name: str, out_dir: Path, args: Sequence[str]) -> list[str]:
             "--json", str(out_dir / f"{name}.json"), "--state-dir", str(out_dir / "state" / name)]  # fmt: skip
 
 
-def run_parallel(jobs: dict[str, list[str]], out_dir: Path, workers: int) -> dict[str, int]:
-    """Run `jobs` (name -> argv), at most `workers` at once; each logs to out_dir/<name>.log.
-    A job whose JSON is already in out_dir is not run again, so an interrupted sweep resumes.
-    Returns each job's exit code; a failed job does not stop the others."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = [name for name in jobs if (out_dir / f"{name}.json").is_file()]
-    if done:
-        print(f"already done, kept: {', '.join(done)}", flush=True)
-    jobs = {name: argv for name, argv in jobs.items() if name not in done}
-    # Share the cores: more threads than cores makes OpenMP spin, and three 2-thread jobs on 2
-    # cores run slower than one after another.
-    workers = max(1, min(workers, len(jobs)))
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-
-    def one(item: tuple[str, list[str]]) -> tuple[str, int]:
-        name, argv = item
-        start = time.time()
-        with open(out_dir / f"{name}.log", "w") as log:
-            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        print(f"{name:32s} rc={rc} {time.time() - start:6.0f} s", flush=True)
-        return name, rc
-
-    with ThreadPoolExecutor(workers) as pool:
-        return {**dict.fromkeys(done, 0), **dict(pool.map(one, jobs.items()))}
+def run_parallel(
+    jobs: dict[str, list[str]],
+    out_dir: Path,
+    workers: int,
+    *,
+    executor: str = "ray",
+    ray_address: str | None = None,
+) -> dict[str, int]:
+    """Run `jobs` (name -> argv), at most `workers` at once, each with cores / workers threads
+    and its log in out_dir/<name>.log: as Ray tasks (a local Ray, or the cluster at
+    `ray_address`) or, with executor="pool", in a thread pool on this machine. A job whose JSON
+    is already in out_dir is not run again, so an interrupted sweep resumes. Returns each job's
+    exit code; a failed job does not stop the others."""
+    return run_jobs(jobs, out_dir, workers, executor=executor, ray_address=ray_address)
 
 
 def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = None) -> dict:

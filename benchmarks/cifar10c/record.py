@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import TEACHER, bench_command, keep_earlier_rows, merge, run_parallel
+from _jobs import TEACHER, add_executor_args, bench_command, keep_earlier_rows, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.api import list_methods
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument(
         "--teacher", action="store_true", help="also run EcoTTA's teacher option (an extra row)"
     )
+    add_executor_args(ap)  # --executor, --ray-address
     args = ap.parse_args()
     methods, rounds = SUITES[args.suite]
     if args.methods:
@@ -79,7 +80,7 @@ def main() -> None:
         extra = ["--methods", "ecotta", "--overrides", json.dumps(teacher)]
         jobs[TEACHER_ROW] = bench_command(TEACHER_ROW, out, [*common, *extra])
     start = time.time()
-    run_parallel(jobs, out, args.workers)
+    run_parallel(jobs, out, args.workers, executor=args.executor, ray_address=args.ray_address)
     # Every finished run of the suite in `out` (so a --methods rerun keeps the others), plus
     # EXTRA: earlier settings kept for comparison (e.g. ecotta_before_tuning.json).
     suite = SUITES[args.suite][0]

@@ -23,7 +23,7 @@ import platform
 import time
 from pathlib import Path
 
-from _jobs import bench_command, merge, run_parallel
+from _jobs import add_executor_args, bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import results_from_json
@@ -70,6 +70,7 @@ def main() -> None:
                     help="long-term: a fresh label order per round, or round 1's replayed")  # fmt: skip
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the tables from the runs in --out so far")  # fmt: skip
+    add_executor_args(ap)  # --executor, --ray-address
     args = ap.parse_args()
     rounds = SUITES[args.suite]
     long_term = args.suite == "long-term"
@@ -102,7 +103,7 @@ def main() -> None:
                 order.append(name)
     start = time.time()
     if not args.report_only:
-        run_parallel(jobs, out, args.workers)
+        run_parallel(jobs, out, args.workers, executor=args.executor, ray_address=args.ray_address)
     payload = merge(out, order, labels)
     payload["meta"] = {
         "suite": args.suite, "rounds": rounds, "severity": 5, "n_images": args.n_images,

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import TEACHER, bench_command, merge, run_parallel
+from _jobs import TEACHER, add_executor_args, bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import markdown_report, plot_results, results_from_json
@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma list of variant labels to run")
     ap.add_argument("--out", default=str(HERE / "tune_runs"))
     ap.add_argument("--name", default="tune", help="stem of the merged json/md/png")
+    add_executor_args(ap)  # --executor, --ray-address
     args = ap.parse_args()
     out = Path(args.out)
     common = ["--checkpoint", str(shared_dir() / "models" / "resnet20_cifar10jpeg.pt"),
@@ -86,7 +87,7 @@ def main() -> None:
         extra += ["--warmup-steps", str(WARMUP.get(label, 500))]
         jobs[name] = bench_command(name, out, [*common, "--methods", "ecotta", *extra])
     start = time.time()
-    run_parallel(jobs, out, args.workers)
+    run_parallel(jobs, out, args.workers, executor=args.executor, ray_address=args.ray_address)
     # Everything in `out`, including variants of earlier (resumed or --only) runs.
     every = {
         _slug(label): f"ecotta {label}"

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from _jobs import bench_command, merge, run_parallel
+from _jobs import add_executor_args, bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import results_from_json
@@ -74,7 +74,7 @@ SETTINGS: dict[str, tuple[str, dict]] = {
                 "lr": lr,
             },
         )
-        for lr in (1e-4, 3e-4, 1e-3)
+        for lr in (1e-4, 3e-4, 1e-3, 3e-3)
     },
     "tent, window 512→4096": ("tent", {"stat_window": GROW}),
     "tent, window 512→4096, lr 1e-4": ("tent", {"stat_window": GROW, "lr": 1e-4}),
@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--streams", default=",".join(STREAMS), help="comma list (default: both)")
     ap.add_argument("--only", default=None, help="labels to run, separated by ';' (default: all)")
     ap.add_argument("--out", default=None, help="folder for per-run JSON and logs")
+    add_executor_args(ap)  # --executor, --ray-address
     args = ap.parse_args()
     suffix = "" if args.batch == 1 else f"_b{args.batch}"
     out = Path(args.out or HERE / f"tune_stream{suffix}_runs")
@@ -128,7 +129,7 @@ def main() -> None:
             jobs[name] = bench_command(name, out, [*common, *extra])
             labels[name] = label
     start = time.time()
-    run_parallel(jobs, out, args.workers)
+    run_parallel(jobs, out, args.workers, executor=args.executor, ray_address=args.ray_address)
     rows = []
     for stream in streams:
         payload = merge(out, [job_name(stream, label) for label in SETTINGS], labels)

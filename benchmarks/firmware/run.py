@@ -231,9 +231,10 @@ def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str
 NOTES = [
     "## Notes",
     "",
-    "- The `_f746` programs were exported with `--device stm32f746`, whose profile includes the "
-    "32F746G-DISCOVERY's external SDRAM: the exporter planned an arena there. The part alone has "
-    "no SDRAM, so these builds place that arena in SRAM1, where it overflows.",
+    "- The `_f746` programs are exported with `--device stm32f746`. Until 2026-12-06 that "
+    "profile included the 32F746G-DISCOVERY's external SDRAM (now the `stm32f746g_disco` "
+    "profile), so results recorded before then planned an arena there; the part alone has no "
+    "SDRAM, so these builds place that arena in SRAM1, where it overflows.",
     "- ecotta_infer (int8 PT2E) differs from the host's Python runtime by whole steps of its "
     "output's int8 scale (0.109): bit-identical on 7 of 20 inputs, at most 5 steps apart, same "
     "class on all 20. The training programs agree to float rounding (table above).",

@@ -14,6 +14,11 @@ change; `save_delta_weights` / `load_delta_weights` store the result.
 Inference: `to_delta_runtime(deltaified)` turns it into a stateful frame-by-frame processor
 (`DeltaRuntime`) whose conv / linear layers compute only what changed, with outputs equal to
 the dense quantised model's; `time_delta_layers` measures what that buys on this machine.
+
+Fast inference (CIFAR ResNets): `to_fast_delta_runtime(deltaified)` lowers the model to
+integer activations and weights whose float32 sums are exact, and streams uint8 camera frames
+through fused C++ kernels (built on first use with g++) that pass change masks from layer to
+layer; outputs equal `fast_reference_forward(runtime.plan, frame)` bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from edgeadapt.delta.distill import (
     save_delta_weights,
 )
 from edgeadapt.delta.errors import DeltaStateError, NotDeltaifiedError
+from edgeadapt.delta.fast_native import NativeBuildError, native_available
+from edgeadapt.delta.fast_plan import FastPlan, lower_cifar_resnet
+from edgeadapt.delta.fast_plan import reference_forward as fast_reference_forward
+from edgeadapt.delta.fast_runtime import FastDeltaConfig, FastDeltaRuntime, to_fast_delta_runtime
 from edgeadapt.delta.layers import DeltaConv2d, DeltaLayer, DeltaLinear, MacCount
 from edgeadapt.delta.penalty import (
     collect_delta_activations,
@@ -66,7 +75,11 @@ __all__ = [
     "DistillConfig",
     "DistillResult",
     "ElementDelta",
+    "FastDeltaConfig",
+    "FastDeltaRuntime",
+    "FastPlan",
     "MacCount",
+    "NativeBuildError",
     "NotDeltaifiedError",
     "PixelDelta",
     "TimingResult",
@@ -80,10 +93,13 @@ __all__ = [
     "distill_for_sparsity",
     "element_delta",
     "element_weight_rows",
+    "fast_reference_forward",
     "forward_with_sparsity",
     "linear_macs",
     "load_delta_weights",
+    "lower_cifar_resnet",
     "make_clips",
+    "native_available",
     "pixel_delta",
     "pixel_sparsity_loss",
     "save_delta_weights",
@@ -95,5 +111,6 @@ __all__ = [
     "time_delta_layer",
     "time_delta_layers",
     "to_delta_runtime",
+    "to_fast_delta_runtime",
     "write_pixels_",
 ]

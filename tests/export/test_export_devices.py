@@ -18,6 +18,7 @@ from edgeadapt.export import (
 EXPECTED = {
     "stm32h743",
     "stm32f746",
+    "stm32f746g_disco",
     "nrf52840",
     "esp32s3_n8r8",
     "nicla_vision",
@@ -25,6 +26,13 @@ EXPECTED = {
     "rpi4_4gb",
     "jetson_nano",
 }
+
+
+def test_f746_part_has_no_external_ram_and_the_board_adds_its_sdram():
+    part, board = load_profile("stm32f746"), load_profile("stm32f746g_disco")
+    assert part.external_ram == () and sum(b.usable_bytes for b in part.data_banks) == 320 * 1024
+    assert board.ram == part.ram and board.flash_bytes == part.flash_bytes
+    assert [b.name for b in board.external_ram] == ["SDRAM"]
 
 
 def test_every_device_has_a_profile():
@@ -89,9 +97,9 @@ def test_fit_reports_missing_bytes_and_bank():
 
 
 def test_external_ram_takes_what_internal_cannot_and_linux_counts_constants():
-    fit = check_fit(
-        {"arena_bytes": [1_000_000], "constant_bytes": 0}, "stm32f746", include_runtime=False
-    )
+    arena = {"arena_bytes": [1_000_000], "constant_bytes": 0}
+    fit = check_fit(arena, "stm32f746g_disco", include_runtime=False)
     assert fit.fits and fit.placements[-1].where == "SDRAM"
+    assert not check_fit(arena, "stm32f746", include_runtime=False).fits  # the part alone
     linux = check_fit({"arena_bytes": [1000], "constant_bytes": 5000}, "rpi4_4gb")
     assert {p.item for p in linux.placements} == {"arena 0", "constants"}

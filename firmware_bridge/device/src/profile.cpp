@@ -50,8 +50,15 @@ const char *commas(uint64_t n) {
   static char bufs[8][32];
   static int next = 0;
   char *out = bufs[next++ % 8];
-  char digits[24];
-  int len = snprintf(digits, sizeof digits, "%llu", static_cast<unsigned long long>(n));
+  char digits[24];  // by hand: newlib-nano's printf (the MCU build) has no %llu
+  int len = 0;
+  do {
+    digits[len++] = static_cast<char>('0' + n % 10);
+    n /= 10;
+  } while (n);
+  for (int i = 0; i < len / 2; ++i) {
+    char t = digits[i]; digits[i] = digits[len - 1 - i]; digits[len - 1 - i] = t;
+  }
   int o = 0;
   for (int i = 0; i < len; ++i) {
     out[o++] = digits[i];

@@ -122,6 +122,10 @@ Slot *role_slot(int target) {
   return i >= 0 ? &g_slot[i] : nullptr;
 }
 
+// Sizes in refusal texts go through %lu: newlib-nano's printf (the MCU build) has no %zu or
+// %ll, and a specifier it does not know shifts every argument after it.
+unsigned long ul(size_t n) { return static_cast<unsigned long>(n); }
+
 bool fail(Refusal *r, uint16_t code, const char *what, Error err) {
   return refuse(r, code, 0, "%s (runtime error 0x%x)", what, static_cast<unsigned>(err));
 }
@@ -136,7 +140,7 @@ bool load_method(Slot &s, const char *name, Refusal *r) {
   if (!meta.ok()) return fail(r, kInvalidProgram, "ProgramFileError: no method meta", meta.error());
   size_t n = meta->num_memory_planned_buffers(), used = 0;
   if (n > static_cast<size_t>(kMaxPlanned))
-    return refuse(r, kInvalidProgram, 0, "ProgramFileError: %zu planned buffers (at most %d)", n,
+    return refuse(r, kInvalidProgram, 0, "ProgramFileError: %lu planned buffers (at most %d)", ul(n),
                   kMaxPlanned);
   for (size_t i = 0; i < n; ++i) {
     Result<int64_t> bytes = meta->memory_planned_buffer_size(i);
@@ -144,8 +148,8 @@ bool load_method(Slot &s, const char *name, Refusal *r) {
     size_t need = (static_cast<size_t>(*bytes) + 63) & ~static_cast<size_t>(63);
     if (used + need > EA_PLANNED_POOL_BYTES)
       return refuse(r, kDoesNotFit, static_cast<uint32_t>(used + need - EA_PLANNED_POOL_BYTES),
-                    "the memory plan (%zu B) exceeds this firmware's pool of %u B", used + need,
-                    EA_PLANNED_POOL_BYTES);
+                    "the memory plan (%lu B) exceeds this firmware's pool of %lu B", ul(used + need),
+                    ul(EA_PLANNED_POOL_BYTES));
     s.spans[i] = Span<uint8_t>(g_planned_pool[s.index] + used, static_cast<size_t>(*bytes));
     used += need;
   }
@@ -220,7 +224,7 @@ bool read_role(Slot &s, int *role, Refusal *r) {
   if (n_found == 0) {
     if (fwd->num_inputs() != 1)
       return refuse(r, kInvalidProgram, 0, "ProgramFileError: an inference program's forward takes "
-                    "the batch alone; this one takes %zu inputs", fwd->num_inputs());
+                    "the batch alone; this one takes %lu inputs", ul(fwd->num_inputs()));
     *role = kProgram;
     return true;
   }
@@ -238,10 +242,10 @@ bool read_role(Slot &s, int *role, Refusal *r) {
   if (!load_method(s, kTrainingMethods[0], r)) return false;
   size_t p = s.method->outputs_size();
   if (p > static_cast<size_t>(kMaxParams))
-    return refuse(r, kInvalidProgram, 0, "ProgramFileError: %zu parameters (at most %d)", p, kMaxParams);
+    return refuse(r, kInvalidProgram, 0, "ProgramFileError: %lu parameters (at most %d)", ul(p), kMaxParams);
   for (size_t j = 0; j < p; ++j) {
     const EValue &v = s.method->get_output(j);
-    if (!v.isString()) return refuse(r, kInvalidProgram, 0, "ProgramFileError: parameter name %zu", j);
+    if (!v.isString()) return refuse(r, kInvalidProgram, 0, "ProgramFileError: parameter name %lu", ul(j));
     auto name = v.toString();  // points into the program's flatbuffer, which stays in flash
     const char *c = name.data();
     size_t len = name.size(), skip = strlen(kPrefix);
@@ -254,12 +258,12 @@ bool read_role(Slot &s, int *role, Refusal *r) {
   unload_method(s);
   if (index[0] != 3 || index[1] != 3 + static_cast<int64_t>(p) ||
       fwd->num_outputs() != 3 + 2 * p)
-    return refuse(r, kInvalidProgram, 0, "ProgramFileError: forward's %zu outputs do not match its "
-                  "training methods (%zu parameters, indices [%lld, %lld])", fwd->num_outputs(), p,
-                  static_cast<long long>(index[0]), static_cast<long long>(index[1]));
+    return refuse(r, kInvalidProgram, 0, "ProgramFileError: forward's %lu outputs do not match its "
+                  "training methods (%lu parameters, indices [%ld, %ld])", ul(fwd->num_outputs()), ul(p),
+                  static_cast<long>(index[0]), static_cast<long>(index[1]));
   if (fwd->num_inputs() != 1)  // EcoTTA's view-averaging teacher also takes random views
-    return refuse(r, kInvalidProgram, 0, "ProgramFileError: training programs with %zu inputs "
-                  "(view-averaging teachers) are not supported by this firmware", fwd->num_inputs());
+    return refuse(r, kInvalidProgram, 0, "ProgramFileError: training programs with %lu inputs "
+                  "(view-averaging teachers) are not supported by this firmware", ul(fwd->num_inputs()));
   *role = kTraining;
   return true;
 }

@@ -172,12 +172,12 @@ void progress(uint32_t estimate_ms) {
 // Seconds a commit may take before its first run was measured, as the emulator guesses.
 uint32_t load_estimate_ms(int target, uint32_t size) {
   double per_mb = target == kTraining ? 8.0 : 2.0;
-  return static_cast<uint32_t>((1.0 + per_mb * size / 1e6) * 1000);
+  return static_cast<uint32_t>((1.0 + per_mb * size / 1e6) * 1000 * g_cfg.slowdown);
 }
 
 // Before a run that keeps the device from sending for longer than half a keep-alive period.
 void announce(int target) {
-  uint32_t ms = g_programs.run_ms(target);
+  uint32_t ms = static_cast<uint32_t>(g_programs.run_ms(target) * g_cfg.slowdown);
   if (!ms) ms = load_estimate_ms(target, g_programs.size(target));
   if (g_cfg.keepalive_ms && ms * 2 > g_cfg.keepalive_ms) progress(2 * ms + 100);
 }
@@ -425,7 +425,8 @@ bool decode(const uint8_t *data, uint32_t len, const Shape &shape, float *dst, R
     return true;
   }
   return refuse(r, kBadArgument, static_cast<uint32_t>(4 * numel), "MessageError: input of %u bytes "
-                "fits neither layout: raw float32 is %zu bytes, u8-affine %zu", len, 4 * numel, 8 * c + numel);
+                "fits neither layout: raw float32 is %lu bytes, u8-affine %lu", len,
+                static_cast<unsigned long>(4 * numel), static_cast<unsigned long>(8 * c + numel));
 }
 
 bool input_data(const uint8_t **data, uint32_t *len, Refusal *r) {

@@ -20,6 +20,10 @@ struct ServerConfig {
   double lr;              // SGD step size of ADAPT (the emulator's --lr)
   uint16_t max_payload;   // 64..4096
   uint16_t keepalive_ms;  // IN_PROGRESS period while busy (0: never)
+  // How many times longer than expected a program's load or run may take here: it scales
+  // every IN_PROGRESS estimate (the emulator's guess before a run was timed, twice the timed
+  // run after). 1 on a host; more under QEMU, whose speed follows the host machine's load.
+  double slowdown = 1.0;
 };
 
 // Boot: read flash, load the committed programs. Returns 0, or -1 when flash is unusable.

@@ -23,3 +23,13 @@ uint32_t ea_platform_cycles(void) {
   /* DWT->CYCCNT: QEMU does not model it (reads 0); on a board it counts core cycles. */
   return *(volatile uint32_t *)0xE0001004u;
 }
+
+int ea_platform_cmdline(char *buf, size_t cap) {
+  struct {
+    char *buf;
+    int len;
+  } block = {buf, (int)cap};
+  if (cap == 0) return -1;
+  buf[0] = 0;
+  return semihost(0x15 /* SYS_GET_CMDLINE */, &block) == 0 ? 0 : -1;
+}

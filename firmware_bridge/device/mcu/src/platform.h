@@ -11,6 +11,9 @@ extern "C" {
 void ea_platform_write(const char *text);      /* console (NUL-terminated) */
 void ea_platform_exit(int code) __attribute__((noreturn));
 uint32_t ea_platform_cycles(void);             /* a free-running counter (DWT where present) */
+/* The command line the host gave the firmware (QEMU: -semihosting-config arg=...), NUL-
+ * terminated into buf; 0, or -1 when there is none. */
+int ea_platform_cmdline(char *buf, size_t cap);
 
 /* The stack, painted at reset (startup.c): bytes between its bottom and the deepest word
  * written since, i.e. the high-water mark measured, not estimated. */

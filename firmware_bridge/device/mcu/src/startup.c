@@ -57,9 +57,15 @@ static void fault(void) {
 
 void HardFault_Handler(void) { fault(); }
 
-__attribute__((section(".vectors"), used)) static void (*const vectors[16])(void) = {
+/* SysTick and the UART's RX interrupt: a board's HAL defines them (hal_mps2.c); unused,
+ * they stay faults, as every other vector. */
+void SysTick_Handler(void) __attribute__((weak, alias("fault")));
+void UART0RX_Handler(void) __attribute__((weak, alias("fault")));
+
+/* The 16 system exceptions, then mps2-an500's IRQ 0 (UART0 RX). */
+__attribute__((section(".vectors"), used)) static void (*const vectors[17])(void) = {
     (void (*)(void))__stack_top, Reset_Handler, fault, HardFault_Handler, fault, fault, fault,
-    0, 0, 0, 0, fault, fault, 0, fault, fault,
+    0, 0, 0, 0, fault, fault, 0, fault, SysTick_Handler, UART0RX_Handler,
 };
 
 /* No heap. ExecuTorch's kernels util still references malloc (broadcast_tensor, unused by the

@@ -1,0 +1,258 @@
+"""Fast exact delta runtime vs dense float32 on static-camera footage: wall-clock, MACs, exactness.
+
+For each clip (default: the two in ../shared/data/videos), whole frames are resized to
+--size (default 240x320, box filter, aspect squashed 16:9 -> 4:3, nothing cropped) and fed to
+the CIFAR-10 (JPEG) ResNet-20 checkpoint run fully convolutionally (global mean pooling).
+The model is deltaified (8-bit per-channel steps, `deltaify`) with steps calibrated on 16
+frames of the clip's first quarter; everything reported is measured on the frames after it.
+
+In one process, one thread, frame by frame and interleaved (so all see the same load on a
+shared machine): the dense float32 model as PyTorch runs it by default (NCHW), the same in
+channels-last, and `FastDeltaRuntime` (uint8 frames in, C++ kernels). Reported per clip:
+median wall-clock (and thread CPU time) per frame and the speed-up, top-1 agreement of the
+delta runtime with dense float32, MACs performed vs dense, and per-layer median time with
+the fraction of output pixels that changed. Then a separate exactness pass: a fresh stream over
+--exact-frames frames per clip, every frame's logits compared bit for bit with the runtime's
+dense PyTorch reference (`fast_reference_forward`: the same integer model, evaluated densely),
+and every layer's map every 25 frames.
+
+    OMP_NUM_THREADS=1 python benchmarks/delta/fast_run.py                   # ~25 min
+    OMP_NUM_THREADS=1 python benchmarks/delta/fast_run.py --frames 150 --exact-frames 0  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeadapt._paths import shared_dir
+from edgeadapt.delta import (
+    FastDeltaConfig,
+    deltaify,
+    fast_reference_forward,
+    to_fast_delta_runtime,
+)
+from edgeadapt.models import create_model
+from edgeadapt.video.preprocess import to_model_input
+from edgeadapt.video.sources import open_frames
+
+HERE = Path(__file__).resolve().parent
+CHECKPOINT = "models/resnet20_cifar10jpeg.pt"
+CALIBRATION_FRAMES = 16
+
+
+def median_ms(xs: list[float]) -> float:
+    return 1e3 * statistics.median(xs)
+
+
+def timed(fn, *args):
+    """(result, wall seconds, thread CPU seconds) of fn(*args)."""
+    w0, c0 = time.perf_counter(), time.thread_time()
+    out = fn(*args)
+    return out, time.perf_counter() - w0, time.thread_time() - c0
+
+
+def run_clip(path: Path, dense, size, frames_wanted: int, exact: int, act_max: int) -> dict:
+    frames = np.stack(list(open_frames(path, size=size, fit="squash")))
+    start = len(frames) // 4
+    calib = to_model_input(frames[:start][:: max(1, start // CALIBRATION_FRAMES)])
+    model = deltaify(dense, calib[:CALIBRATION_FRAMES]).eval()
+    config = FastDeltaConfig(act_max=act_max)
+    runtime = to_fast_delta_runtime(model, config)
+    dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+    evals = frames[start : start + frames_wanted]
+    print(f"{path.name}: {len(frames)} frames; timing frames {start}-{start + len(evals) - 1}")
+
+    rows: dict[str, list[float]] = {k: [] for k in ("dense", "dense_cl", "fast")}
+    cpu: dict[str, list[float]] = {k: [] for k in rows}
+    layer_ns, changed, agree, flips, prev_top = [], [], [], 0, -1
+    with torch.no_grad():
+        for i, f in enumerate(evals):
+            x = to_model_input(f)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            frame = torch.from_numpy(np.ascontiguousarray(f))
+            y_dense, w_d, c_d = timed(dense, x)
+            _, w_cl, c_cl = timed(dense_cl, x_cl)
+            y_fast, w_f, c_f = timed(runtime, frame)
+            agree.append(int(y_dense.argmax()) == int(y_fast.argmax()))
+            if i and int(y_dense.argmax()) != prev_top:
+                flips += 1
+            prev_top = int(y_dense.argmax())
+            if i == 0:
+                anchor_macs = runtime.last_macs()
+                continue  # the stream's first frame is a dense pass: not timed
+            for key, w, c in (("dense", w_d, c_d), ("dense_cl", w_cl, c_cl), ("fast", w_f, c_f)):
+                rows[key].append(w)
+                cpu[key].append(c)
+            layer_ns.append(runtime.last_layer_ns.copy())
+            changed.append([g.count / g.npix for g in runtime._geometry])
+    macs = runtime.macs()
+    layer_ms = np.median(np.array(layer_ns), axis=0) / 1e6
+    layer_changed = np.mean(np.array(changed), axis=0)
+    geometry = runtime._geometry
+    per_layer = [
+        {
+            "layer": name,
+            "in_out_channels": [g.c, g.o],
+            "out_hw": [g.ho, g.wo],
+            "dense_macs": g.dense_macs,
+            "median_ms": float(ms),
+            "changed_out_pixels": float(ch),
+        }
+        for name, g, ms, ch in zip(runtime.layer_names, geometry, layer_ms, layer_changed)
+    ]
+    result = {
+        "clip": path.name,
+        "frames_total": len(frames),
+        "calibration": f"{CALIBRATION_FRAMES} frames of 0-{start - 1}",
+        "timed_frames": len(rows["fast"]),
+        "eval_frames": f"{start}-{start + len(evals) - 1} (first one: dense anchor, untimed)",
+        "dense_ms": median_ms(rows["dense"]),
+        "dense_channels_last_ms": median_ms(rows["dense_cl"]),
+        "fast_ms": median_ms(rows["fast"]),
+        "speedup": statistics.median(rows["dense"]) / statistics.median(rows["fast"]),
+        "speedup_vs_channels_last": statistics.median(rows["dense_cl"])
+        / statistics.median(rows["fast"]),
+        "dense_cpu_ms": median_ms(cpu["dense"]),
+        "dense_channels_last_cpu_ms": median_ms(cpu["dense_cl"]),
+        "fast_cpu_ms": median_ms(cpu["fast"]),
+        "speedup_cpu": statistics.median(cpu["dense"]) / statistics.median(cpu["fast"]),
+        "agreement_top1": float(np.mean(agree)),
+        "dense_top1_flicker": flips / max(1, len(evals) - 1),
+        "mac_reduction": macs.ratio,  # anchor frame included
+        "mac_reduction_after_anchor": (macs.dense - anchor_macs.dense)
+        / max(1, macs.performed - anchor_macs.performed),
+        "dense_macs_per_frame": macs.dense // len(evals),
+        "scene_cuts": runtime.scene_cuts,
+        "per_layer": per_layer,
+    }
+    if exact:
+        result["exactness"] = exactness(model, config, frames[start : start + exact])
+    return result
+
+
+def exactness(model, config: FastDeltaConfig, frames: np.ndarray) -> dict:
+    """A fresh stream; every frame's logits (and every 25th frame's maps) vs the reference."""
+    runtime = to_fast_delta_runtime(model, config)
+    logit_mismatch, map_mismatch, checked_maps, max_diff = 0, 0, 0, 0.0
+    for i, f in enumerate(frames):
+        frame = torch.from_numpy(np.ascontiguousarray(f))
+        got = runtime(frame)
+        want, maps = fast_reference_forward(runtime.plan, frame)
+        if not torch.equal(got, want):
+            logit_mismatch += 1
+            max_diff = max(max_diff, float((got - want).abs().max()))
+        if i % 25 == 0:
+            checked_maps += 1
+            map_mismatch += sum(
+                not torch.equal(a, b) for a, b in zip(runtime.layer_maps(), maps, strict=True)
+            )
+    return {
+        "frames": len(frames),
+        "logit_mismatches": logit_mismatch,
+        "max_abs_logit_diff": max_diff,
+        "frames_with_all_maps_checked": checked_maps,
+        "map_mismatches": map_mismatch,
+        "scene_cuts": runtime.scene_cuts,
+    }
+
+
+def markdown(report: dict) -> str:
+    h, w = report["size"]
+    lines = [
+        f"# Fast exact delta runtime vs dense float32 (ResNet-20, whole frames at {h}×{w})",
+        "",
+        f"One thread ({report['machine']}, torch {report['torch']}), dense and delta "
+        "interleaved frame by frame; medians over the timed frames. Speed-up = dense ms / "
+        "delta ms (wall-clock; CPU: thread time). MACs ↓ = dense MACs / MACs performed "
+        "(anchor frame included). Agreement: top-1 of the delta runtime vs dense float32.",
+        "",
+        "| clip | timed frames | dense fp32 ms (NCHW / channels-last) | fast delta ms | "
+        "speed-up wall (vs NCHW / vs channels-last) | speed-up CPU time | top-1 agreement | "
+        "MACs ↓ | exact frames (mismatches) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["clips"]:
+        ex = r.get("exactness")
+        exact = (
+            f"{ex['frames']} ({ex['logit_mismatches']} logits, {ex['map_mismatches']} maps)"
+            if ex
+            else "–"
+        )
+        lines.append(
+            f"| {r['clip']} | {r['timed_frames']} | {r['dense_ms']:.1f} / "
+            f"{r['dense_channels_last_ms']:.1f} | {r['fast_ms']:.1f} | "
+            f"{r['speedup']:.2f}× / {r['speedup_vs_channels_last']:.2f}× | "
+            f"{r['speedup_cpu']:.2f}× | {100 * r['agreement_top1']:.1f}% | "
+            f"{r['mac_reduction']:.2f}× | {exact} |"
+        )
+    for r in report["clips"]:
+        lines += [
+            "",
+            f"Per layer, {r['clip']} (median ms of the fast runtime, conv + epilogue; "
+            "share of output pixels whose quantised value changed):",
+            "",
+            "| layer | C→O | out H×W | dense MMACs | fast ms | changed pixels |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for p in r["per_layer"]:
+            c, o = p["in_out_channels"]
+            lines.append(
+                f"| {p['layer']} | {c}→{o} | {p['out_hw'][0]}×{p['out_hw'][1]} | "
+                f"{p['dense_macs'] / 1e6:.1f} | {p['median_ms']:.2f} | "
+                f"{100 * p['changed_out_pixels']:.1f}% |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", nargs="*", help="video files (default: the shared clips)")
+    parser.add_argument("--size", default="240x320", help="HxW the whole frame is resized to")
+    parser.add_argument("--frames", type=int, default=600, help="timed frames per clip")
+    parser.add_argument("--exact-frames", type=int, default=500, help="per clip; 0 skips")
+    parser.add_argument("--act-max", type=int, default=255, help="activation clamp (steps)")
+    parser.add_argument("--out", default=str(HERE), help="folder for results_fast.{md,json}")
+    args = parser.parse_args(argv)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    clips = [Path(c) for c in args.clips] if args.clips else None
+    clips = clips or sorted((shared_dir() / "data/videos").glob("*.mp4"))
+    if not clips or not (shared_dir() / CHECKPOINT).is_file():
+        print(f"no footage or checkpoint under {shared_dir()}; nothing to run", file=sys.stderr)
+        return 1
+    dense = create_model("resnet20", checkpoint=shared_dir() / CHECKPOINT).eval()
+    start = time.perf_counter()
+    results = [
+        run_clip(c, dense, size, args.frames, args.exact_frames, args.act_max) for c in clips
+    ]
+    report = {
+        "model": f"resnet20 ({CHECKPOINT}), deltaified 8-bit, act_max {args.act_max}",
+        "size": list(size),
+        "input": f"{size[0]}x{size[1]}, whole frame resized (box filter), aspect squashed",
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "clips": results,
+        "seconds": time.perf_counter() - start,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results_fast.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results_fast.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Build-on-first-use loader of the fast delta runtime's C++ kernels (`native/fast_delta.cpp`).
+
+The kernels are plain C functions called through ctypes: no Python or torch headers, so the
+build is one g++ call of about a second and does not depend on the torch ABI. The shared
+library is cached under `user_cache_dir()/native` (or `$EDGEADAPT_NATIVE_CACHE`), keyed by
+the source, the flags, the compiler and the CPU's feature flags (`-march=native` code must not
+run on another CPU that shares the cache). Built atomically: concurrent first uses race
+harmlessly. Set `$CXX` to pick the compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from edgeadapt._paths import user_cache_dir
+from edgeadapt.errors import EdgeAdaptError
+
+__all__ = ["NativeBuildError", "load_kernels", "native_available"]
+
+SOURCE = Path(__file__).resolve().parent / "native" / "fast_delta.cpp"
+# -ffp-contract=off: the epilogue must round like the PyTorch reference (see the source).
+BASE_FLAGS = ("-O3", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi")
+ARCH_FLAGS = ("-march=native",)
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_SIGNATURES = {
+    "ea_frame_delta_u8": (_I, [_P, _P, _I, _I, _P, _P]),
+    "ea_conv_delta": (_I, [_P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P]),
+    "ea_mark_pixels": (None, [_P, _I, _I, _I, _I, _I, _P, _P, _P]),
+    "ea_post": (
+        _I,
+        [
+            _P,
+            _I,
+            ctypes.c_int32,
+            _I,
+            _P,
+            _I,
+            _P,
+            _P,
+            ctypes.c_int32,
+            _P,
+            _I,
+            _I,
+            _I,
+            _I,
+            _P,
+            _I,
+            _P,
+            ctypes.c_float,
+            _P,
+            _P,
+            _P,
+            _P,
+        ],
+    ),
+}
+
+
+class NativeBuildError(EdgeAdaptError, RuntimeError):
+    """The C++ kernels could not be compiled or loaded; the message has the compiler output.
+
+    Install a C++17 compiler (g++ or clang++; set `$CXX` to choose one), or use the exact
+    pure-PyTorch `DeltaRuntime` (`to_delta_runtime`) instead.
+    """
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise NativeBuildError(
+            "no C++ compiler found (looked for $CXX, g++, c++); install g++ to build the fast "
+            "delta runtime's kernels"
+        )
+    return cxx
+
+
+def _cpu_flags() -> str:
+    try:  # Linux; elsewhere the machine name has to do
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("EDGEADAPT_NATIVE_CACHE")
+    return Path(env) if env else user_cache_dir() / "native"
+
+
+def _compile(cxx: str, flags: tuple[str, ...], out: Path) -> subprocess.CompletedProcess:
+    cmd = [cxx, *flags, str(SOURCE), "-o", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+@functools.lru_cache(maxsize=1)
+def load_kernels() -> ctypes.CDLL:
+    """The compiled kernels (built into the cache on first use); raises `NativeBuildError`."""
+    cxx = _compiler()
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    except OSError as e:
+        raise NativeBuildError(f"cannot run the C++ compiler {cxx!r}: {e}") from e
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                " ".join(BASE_FLAGS + ARCH_FLAGS).encode(),
+                version.encode(),
+                _cpu_flags().encode(),
+                platform.machine().encode(),
+            ]
+        )
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"fast_delta_{key}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = _compile(cxx, BASE_FLAGS + ARCH_FLAGS, Path(tmp))
+            if done.returncode != 0:  # a compiler without -march=native: portable code
+                done = _compile(cxx, BASE_FLAGS, Path(tmp))
+            if done.returncode != 0:
+                raise NativeBuildError(
+                    f"building {SOURCE.name} with {cxx} failed:\n{done.stderr[-4000:]}"
+                )
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as e:
+        raise NativeBuildError(f"cannot load {target}: {e}; delete it to rebuild") from e
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def native_available() -> bool:
+    """Whether the kernels build and load on this machine (builds them if needed)."""
+    try:
+        load_kernels()
+    except NativeBuildError:
+        return False
+    return True

@@ -1,0 +1,273 @@
+"""Fast exact delta inference on CPU: change masks flow layer to layer through fused C++ kernels.
+
+DeltaCNN (Parger et al., CVPR 2022) structure on the integer model of `fast_plan`: each layer
+receives the list of pixels whose input changed with their channel rows (the change mask,
+produced by the layer before; only the camera frame is ever compared in full), adds W·Δ
+into a channels-last float32 accumulator with dense vector inner loops over the output
+channels, re-quantises only the output pixels it touched, and lists the pixels whose
+quantised output changed for the next layer. Residual blocks also re-evaluate the pixels
+whose shortcut input changed; the global mean keeps exact per-channel sums of the last map.
+
+Exact: activations and weights are integers bounded so float32 sums are exact in any order
+(`fast_plan`), so every frame's logits and every layer's map equal `reference_forward` (the
+same integer model, dense, in PyTorch) bit for bit, for any stream length. No re-anchoring
+is needed; a scene cut (more than `scene_cut_threshold` of the pixels changed) or
+`reset_state()` restarts from a dense pass because that is cheaper, not to fix drift.
+
+One thread, batch 1, CPU. Frames are uint8 (H, W, C) camera images, channels-last, as
+decoders deliver them. State lives in buffers (frame, accumulators, k maps).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edgeadapt.delta.errors import DeltaStateError
+from edgeadapt.delta.fast_native import load_kernels
+from edgeadapt.delta.fast_plan import FastPlan, head, lower_cifar_resnet, stem_bias_map
+from edgeadapt.delta.layers import MacCount
+from edgeadapt.errors import ConfigError, InputError
+
+__all__ = ["FastDeltaConfig", "FastDeltaRuntime", "to_fast_delta_runtime"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FastDeltaConfig:
+    """How a deltaified model is lowered and streamed by the fast runtime."""
+
+    # Activations clamp to this many quantiser steps (deltaify calibrates 2**8 - 1 to the
+    # 99.9th percentile); maps are uint8, so at most 255.
+    act_max: int = 255
+    # Changed-pixel fraction of the frame above which to restart densely (cost, not results).
+    scene_cut_threshold: float = 0.995
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # the model's input normalisation
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.scene_cut_threshold <= 1.0:
+            raise ConfigError(
+                f"scene_cut_threshold must be in [0, 1], got {self.scene_cut_threshold}"
+            )
+        if not 1 <= self.act_max <= 255:
+            raise ConfigError(f"act_max must be in [1, 255] (uint8 maps), got {self.act_max}")
+
+
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
+
+
+class _Layer:
+    """Geometry and workspace of one conv at a given frame size."""
+
+    def __init__(self, spec, h: int, w: int, c: int) -> None:
+        o, _, k, _ = spec.weight.shape
+        self.spec, self.h, self.w, self.c, self.o, self.k = spec, h, w, c, o, k
+        self.ho = (h + 2 * spec.padding - k) // spec.stride + 1
+        self.wo = (w + 2 * spec.padding - k) // spec.stride + 1
+        self.npix = self.ho * self.wo
+        self.wt = spec.weight.permute(2, 3, 1, 0).contiguous()  # (K, K, C, O): taps, then rows
+        # (C, O/16, K·K, 16): one input channel's tap vectors contiguous, for the vector path
+        chunks = o // 16 if o % 16 == 0 else 0
+        wp = spec.weight.reshape(chunks, 16, c, k * k) if chunks else spec.weight.new_zeros(0)
+        self.wpack = wp.permute(2, 0, 3, 1).contiguous() if chunks else wp
+        self.dense_macs = self.npix * o * c * k * k
+        self.mask = torch.zeros(self.npix, dtype=torch.uint8)
+        # One spare slot: the kernel stores a candidate before knowing it is new.
+        self.touched = torch.empty(self.npix + 1, dtype=torch.int32)
+        self.pix = torch.empty(self.npix, dtype=torch.int32)  # changed output pixels
+        self.delta = torch.empty(self.npix, o)  # and their delta rows
+        self.count = 0  # changed output pixels of the latest frame
+
+
+class FastDeltaRuntime(nn.Module):
+    """A deltaified CIFAR ResNet as an exact streaming frame processor with C++ kernels.
+
+    Call it on uint8 (H, W, C) frames in order (torch or numpy); it returns float32 logits
+    (1, classes). Statistics: `macs()` / `last_macs()` (dense vs performed), `layer_names`
+    and `last_layer_ns` (time per conv, epilogue included, of the latest frame).
+    """
+
+    def __init__(self, plan: FastPlan, config: FastDeltaConfig) -> None:
+        super().__init__()
+        self.plan, self.config = plan, config
+        self._lib = load_kernels()
+        self.layer_names = [s.name for s in plan.layers]
+        self.register_buffer("prev_frame", torch.empty(0, dtype=torch.uint8))
+        self.register_buffer(
+            "sums", torch.zeros(plan.layers[-1].weight.shape[0], dtype=torch.float64)
+        )
+        self._geometry: list[_Layer] = []
+        self.primed = False
+        self.scene_cuts = 0
+        self._macs = MacCount()
+        self._last = MacCount()
+        self.last_layer_ns = np.zeros(len(plan.layers), dtype=np.int64)
+
+    # -- state -------------------------------------------------------------------------------
+    def _allocate(self, h: int, w: int) -> None:
+        geometry: list[_Layer] = []
+        for i, spec in enumerate(self.plan.layers):
+            src_hw = (
+                (h, w) if spec.source < 0 else (geometry[spec.source].ho, geometry[spec.source].wo)
+            )
+            c = spec.weight.shape[1]
+            geometry.append(_Layer(spec, *src_hw, c))
+            g = geometry[-1]
+            self.register_buffer(f"acc{i}", torch.zeros(g.npix, g.o))
+            self.register_buffer(f"k{i}", torch.zeros(g.npix, g.o, dtype=torch.uint8))
+            if spec.offset is not None:
+                bias = stem_bias_map(spec, h, w).reshape(g.npix, g.o)
+            else:
+                bias = spec.bias.contiguous()
+            g.bias = bias
+        self._geometry = geometry
+        self.prev_frame = torch.zeros(h, w, self.plan.in_channels, dtype=torch.uint8)
+        self.in_pix = torch.empty(h * w, dtype=torch.int32)
+        self.in_delta = torch.empty(h * w, self.plan.in_channels)
+
+    def reset_state(self) -> None:
+        """Forget previous frames: the next frame is a dense pass (any frame size)."""
+        self.primed = False
+        self.prev_frame = self.prev_frame.new_empty(0)
+        self.sums.zero_()
+
+    def signal_scene_cut(self) -> None:
+        """The caller knows the scene changed: restart densely on the next frame."""
+        self.reset_state()
+
+    def _zero_state(self) -> None:
+        for i in range(len(self._geometry)):
+            getattr(self, f"acc{i}").zero_()
+            getattr(self, f"k{i}").zero_()
+        self.prev_frame.zero_()
+        self.sums.zero_()
+
+    # -- statistics --------------------------------------------------------------------------
+    def macs(self) -> MacCount:
+        """Dense vs performed MACs since construction or `reset_stats()`."""
+        return self._macs
+
+    def last_macs(self) -> MacCount:
+        return self._last
+
+    def reset_stats(self) -> None:
+        self._macs, self.scene_cuts = MacCount(), 0
+
+    # -- the frame ---------------------------------------------------------------------------
+    def _check(self, frame: Tensor | np.ndarray) -> Tensor:
+        if isinstance(frame, np.ndarray):
+            frame = torch.from_numpy(frame)
+        if not isinstance(frame, Tensor):
+            raise InputError(f"expected a uint8 (H, W, C) frame, got {type(frame).__name__}")
+        c = self.plan.in_channels
+        if frame.dtype != torch.uint8:
+            raise InputError(
+                f"the fast delta runtime takes uint8 camera frames (H, W, {c}); got {frame.dtype}. "
+                "Pass the decoded frame, not a normalised tensor (normalisation is folded in)"
+            )
+        if frame.dim() != 3 or frame.shape[2] != c or frame.shape[0] < 1 or frame.shape[1] < 1:
+            raise InputError(f"expected a uint8 (H, W, {c}) frame, got shape {tuple(frame.shape)}")
+        if frame.device.type != "cpu":
+            raise InputError(f"the fast delta runtime runs on CPU; got a {frame.device} frame")
+        return frame.contiguous()
+
+    @torch.no_grad()
+    def forward(self, frame: Tensor | np.ndarray) -> Tensor:
+        x = self._check(frame)
+        h, w = x.shape[:2]
+        if self.primed and tuple(self.prev_frame.shape) != tuple(x.shape):
+            raise DeltaStateError(
+                f"frame shape {tuple(x.shape)} differs from the stream's "
+                f"{tuple(self.prev_frame.shape)}; call reset_state() when the stream changes"
+            )
+        if not self._geometry or (self._geometry[0].h, self._geometry[0].w) != (h, w):
+            self._allocate(h, w)
+        elif self.prev_frame.shape != x.shape:  # after reset_state(): same geometry
+            self.prev_frame = torch.zeros_like(x)
+        force = not self.primed
+        if force:
+            self._zero_state()
+        lib, c = self._lib, self.plan.in_channels
+        n_in = lib.ea_frame_delta_u8(
+            _ptr(x), _ptr(self.prev_frame), h * w, c, _ptr(self.in_pix), _ptr(self.in_delta)
+        )
+        if not force and n_in > self.config.scene_cut_threshold * h * w:
+            self.scene_cuts += 1
+            self._zero_state()
+            force = True
+            n_in = lib.ea_frame_delta_u8(
+                _ptr(x), _ptr(self.prev_frame), h * w, c, _ptr(self.in_pix), _ptr(self.in_delta)
+            )
+        performed, dense = 0, 0
+        nt = ctypes.c_int64(0)
+        kmax = self.plan.act_max
+        for i, g in enumerate(self._geometry):
+            start = time.perf_counter_ns()
+            spec = g.spec
+            if spec.source < 0:
+                src_pix, src_delta, n_src = self.in_pix, self.in_delta, n_in
+            else:
+                s = self._geometry[spec.source]
+                src_pix, src_delta, n_src = s.pix, s.delta, s.count
+            acc, kmap = getattr(self, f"acc{i}"), getattr(self, f"k{i}")
+            nt.value = 0
+            macs = lib.ea_conv_delta(
+                _ptr(src_pix), _ptr(src_delta), n_src, g.c, g.w, g.ho, g.wo, g.k,
+                spec.stride, spec.padding, _ptr(g.wt), _ptr(g.wpack), g.o, _ptr(acc),
+                _ptr(g.mask), _ptr(g.touched), ctypes.byref(nt),
+            )  # fmt: skip
+            if macs < 0:
+                raise ConfigError(f"{spec.name}: too many channels for the native kernels")
+            sck, sc_c, sc_w, scq = None, 0, 0, None
+            if spec.shortcut is not None:
+                s = self._geometry[spec.shortcut]
+                if not force:
+                    lib.ea_mark_pixels(
+                        _ptr(s.pix), s.count, s.wo, spec.shortcut_stride, g.ho, g.wo,
+                        _ptr(g.mask), _ptr(g.touched), ctypes.byref(nt),
+                    )  # fmt: skip
+                sck, sc_c, sc_w = _ptr(getattr(self, f"k{spec.shortcut}")), s.o, s.wo
+                scq = _ptr(s.spec.step)
+            g.count = lib.ea_post(
+                _ptr(g.touched), nt.value, int(force), g.npix, _ptr(acc), g.o,
+                _ptr(spec.scale), _ptr(g.bias), int(spec.offset is not None),
+                sck, sc_c, sc_w, spec.shortcut_stride, spec.shortcut_front, scq, g.wo,
+                _ptr(spec.inv_step), kmax, _ptr(kmap), _ptr(g.mask), _ptr(g.pix), _ptr(g.delta),
+            )  # fmt: skip
+            performed += macs
+            dense += g.dense_macs
+            self.last_layer_ns[i] = time.perf_counter_ns() - start
+        last = self._geometry[-1]
+        if last.count:
+            self.sums += last.delta[: last.count].sum(0, dtype=torch.float64)
+        self.primed = True
+        head_macs = self.plan.head_weight.numel()
+        self._last = MacCount(dense + head_macs, performed + head_macs)
+        self._macs = self._macs + self._last
+        return head(self.plan, self.sums, last.npix)
+
+    def layer_maps(self) -> list[Tensor]:
+        """Every layer's current k map as (1, H, W, C) float32 (copies; for checks)."""
+        return [
+            getattr(self, f"k{i}").view(1, g.ho, g.wo, g.o).float()
+            for i, g in enumerate(self._geometry)
+        ]
+
+
+def to_fast_delta_runtime(
+    model: nn.Module, config: FastDeltaConfig | None = None
+) -> FastDeltaRuntime:
+    """Lower a deltaified `CifarResNet` to the fast exact runtime; `model` is not modified.
+
+    Builds the C++ kernels on first use (`NativeBuildError` if no compiler works). The
+    runtime's dense reference is `reference_forward(runtime.plan, frame)`.
+    """
+    config = config or FastDeltaConfig()
+    plan = lower_cifar_resnet(model, act_max=config.act_max, mean=config.mean, std=config.std)
+    return FastDeltaRuntime(plan, config)

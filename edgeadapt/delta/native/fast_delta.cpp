@@ -1,0 +1,459 @@
+// Fused CPU kernels of the fast delta runtime (edgeadapt/delta/fast_runtime.py).
+//
+// DeltaCNN (Parger et al., CVPR 2022) in spirit: each layer gets the list of pixels whose
+// input changed plus their channel rows, accumulates W·Δ into a channels-last accumulator
+// with dense inner loops over output channels (one vector FMA per weight row), and hands the
+// next layer the list of pixels whose quantised output changed. Nothing scans a full map
+// except the camera frame itself.
+//
+// Exactness: every value is an integer held in float32. Activations are quantiser steps k,
+// weights are integers scaled so that sum |w|·k_max <= 2^23 per output channel
+// (fast_plan.py), so every partial sum, in any order, is an integer below 2^24 and float32
+// represents it exactly: the accumulated state equals the dense accumulation bit for bit.
+// The per-pixel epilogue (scale, bias, shortcut, ReLU, requantise) is plain IEEE float32
+// in the same operation order as the PyTorch reference; this file is built with
+// -ffp-contract=off so the compiler cannot fuse it into FMAs the reference does not do.
+// Plain C ABI (loaded with ctypes): no Python or torch headers, builds in about a second.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace {
+
+typedef float vf16 __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register
+
+inline vf16 load16(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store16(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
+
+typedef uint8_t vu16 __attribute__((vector_size(16)));  // 16 activations of a uint8 k map
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+// Conversions go through int32: a direct float <-> uint8 vector conversion compiles to
+// per-lane extracts, through int32 to one widening / narrowing instruction each way.
+inline vf16 load16u8(const uint8_t* p) {
+  vu16 v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(__builtin_convertvector(v, vi16), vf16);
+}
+
+inline vu16 to_u8(vf16 v) {  // v holds integers in [0, 255]
+  return __builtin_convertvector(__builtin_convertvector(v, vi16), vu16);
+}
+
+// Prefetch `bytes` from p onwards (a row of a map that a later iteration reads).
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+}
+
+constexpr int kAhead = 6;
+
+// Division of pixel indices by a fixed map width without a hardware divide (~25 cycles):
+// floor(q / w) = (q · ceil(2^40 / w)) >> 40, exact while q · w < 2^40 (checked by callers:
+// maps up to a few thousand pixels a side).
+struct RowDiv {
+  uint64_t m;
+  int64_t w;
+  explicit RowDiv(int64_t width) : m(((uint64_t{1} << 40) + width - 1) / width), w(width) {}
+  int64_t row(int64_t q) const { return static_cast<int64_t>((uint64_t(q) * m) >> 40); }
+};
+
+// The block-input pixel a shortcut reads for output pixel q (no division when unstrided).
+inline int64_t shortcut_pixel(int64_t q, int64_t wo, int64_t stride, int64_t w_in) {
+  if (stride == 1 && w_in == wo) return q;
+  return ((q / wo) * stride) * w_in + (q % wo) * stride;
+}  // pixels to prefetch ahead: the maps are far larger than L2
+
+constexpr int kMaxChannels = 4096;
+
+// Non-zero entries of one pixel's delta row (branch-free: most rows are a few percent full,
+// and a branch per channel mispredicts). AVX-512: 16 channels per compress instruction.
+inline int nonzeros(const float* d, int64_t c, int* idx, float* val) {
+  int nz = 0;
+  int64_t i = 0;
+#ifdef __AVX512F__
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; i + 16 <= c; i += 16) {
+    const __m512 v = _mm512_loadu_ps(d + i);
+    const __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    _mm512_mask_compressstoreu_ps(val + nz, m, v);
+    _mm512_mask_compressstoreu_epi32(idx + nz, m,
+                                     _mm512_add_epi32(lane, _mm512_set1_epi32(int(i))));
+    nz += __builtin_popcount(m);
+  }
+#endif
+  for (; i < c; ++i) {
+    idx[nz] = static_cast<int>(i);
+    val[nz] = d[i];
+    nz += d[i] != 0.0f;
+  }
+  return nz;
+}
+
+// Output rows of the taps of input pixel (i, j): rows[t] = acc row, or nullptr where the tap
+// lands outside the output (padding) or between strided outputs. Returns the valid taps.
+// STRIDE is a template argument so the divisions compile to shifts.
+template <int64_t STRIDE>
+inline int tap_rows(int64_t i, int64_t j, int64_t k, int64_t pad, int64_t ho, int64_t wo,
+                    int64_t o, float* acc, float** rows, int64_t* outs) {
+  int valid = 0;
+  for (int64_t di = 0; di < k; ++di) {
+    const int64_t ti = i + pad - di;
+    const bool row_ok = ti >= 0 && ti % STRIDE == 0 && ti / STRIDE < ho;
+    for (int64_t dj = 0; dj < k; ++dj) {
+      const int64_t tj = j + pad - dj;
+      const int64_t t = di * k + dj;
+      if (row_ok && tj >= 0 && tj % STRIDE == 0 && tj / STRIDE < wo) {
+        outs[t] = (ti / STRIDE) * wo + tj / STRIDE;
+        rows[t] = acc + outs[t] * o;
+        ++valid;
+      } else {
+        outs[t] = -1;
+        rows[t] = nullptr;
+      }
+    }
+  }
+  return valid;
+}
+
+inline int tap_rows_any(int64_t stride, int64_t i, int64_t j, int64_t k, int64_t pad, int64_t ho,
+                        int64_t wo, int64_t o, float* acc, float** rows, int64_t* outs) {
+  if (stride == 1) return tap_rows<1>(i, j, k, pad, ho, wo, o, acc, rows, outs);
+  if (stride == 2) return tap_rows<2>(i, j, k, pad, ho, wo, o, acc, rows, outs);
+  int valid = 0;
+  for (int64_t di = 0; di < k; ++di) {
+    for (int64_t dj = 0; dj < k; ++dj) {
+      const int64_t ti = i + pad - di, tj = j + pad - dj, t = di * k + dj;
+      if (ti >= 0 && tj >= 0 && ti % stride == 0 && tj % stride == 0 && ti / stride < ho &&
+          tj / stride < wo) {
+        outs[t] = (ti / stride) * wo + tj / stride;
+        rows[t] = acc + outs[t] * o;
+        ++valid;
+      } else {
+        outs[t] = -1;
+        rows[t] = nullptr;
+      }
+    }
+  }
+  return valid;
+}
+
+// Fused multiply-add is exact here (integer operands and sums below 2^24), so these loops may
+// contract even though the file is built with -ffp-contract=off for the epilogue's sake.
+#define EA_CONTRACT __attribute__((optimize("fp-contract=fast")))
+
+// The T valid taps at once, 16 output channels at a time: T independent accumulator
+// registers per non-zero input element, so the FMAs do not wait on each other. Weights are
+// packed (C, O/16, K·K, 16): the tap vectors of one input channel and chunk are contiguous,
+// so the inner loop needs one pointer (a pointer per tap would spill registers).
+template <int T>
+EA_CONTRACT void accumulate_vec(float* const* rows, const int* taps, const float* wpack,
+                                int64_t ntaps, int64_t o, int nz, const int* idx,
+                                const float* val) {
+  const int64_t chunks = o / 16;
+  int tap[T];
+  for (int t = 0; t < T; ++t) tap[t] = taps[t] * 16;
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    vf16 a[T];
+    for (int t = 0; t < T; ++t) a[t] = load16(rows[t] + ch * 16);
+    for (int n = 0; n < nz; ++n) {
+      const float v = val[n];
+      const float* wp = wpack + (idx[n] * chunks + ch) * ntaps * 16;
+      for (int t = 0; t < T; ++t) a[t] += v * load16(wp + tap[t]);
+    }
+    for (int t = 0; t < T; ++t) store16(rows[t] + ch * 16, a[t]);
+  }
+}
+
+// All 9 taps of a 3×3 kernel (interior pixels): tap offsets are compile-time constants.
+EA_CONTRACT void accumulate_3x3(float* const* rows, const float* wpack, int64_t o, int nz,
+                                const int* idx, const float* val) {
+  const int64_t chunks = o / 16;
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    vf16 a[9];
+    for (int t = 0; t < 9; ++t) a[t] = load16(rows[t] + ch * 16);
+    for (int n = 0; n < nz; ++n) {
+      const float v = val[n];
+      const float* wp = wpack + (idx[n] * chunks + ch) * 9 * 16;
+      for (int t = 0; t < 9; ++t) a[t] += v * load16(wp + t * 16);
+    }
+    for (int t = 0; t < 9; ++t) store16(rows[t] + ch * 16, a[t]);
+  }
+}
+
+EA_CONTRACT void accumulate_any(float* const* rows, const int* taps, int nv, const float* wpack,
+                                int64_t ntaps, int64_t o, int nz, const int* idx,
+                                const float* val) {
+  switch (nv) {
+    case 1: return accumulate_vec<1>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 2: return accumulate_vec<2>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 3: return accumulate_vec<3>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 4: return accumulate_vec<4>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 5: return accumulate_vec<5>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 6: return accumulate_vec<6>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 7: return accumulate_vec<7>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 8: return accumulate_vec<8>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    case 9: return accumulate_vec<9>(rows, taps, wpack, ntaps, o, nz, idx, val);
+    default:
+      for (int t = 0; t < nv; t += 9) {
+        accumulate_any(rows + t, taps + t, std::min(9, nv - t), wpack, ntaps, o, nz, idx, val);
+      }
+  }
+}
+
+EA_CONTRACT void accumulate_scalar(float** rows, int64_t taps, const float* wt, int64_t c, int64_t o, int nz,
+                       const int* idx, const float* val) {
+  for (int64_t t = 0; t < taps; ++t) {
+    if (!rows[t]) continue;
+    for (int n = 0; n < nz; ++n) {
+      const float v = val[n];
+      const float* w = wt + (t * c + idx[n]) * o;
+      for (int64_t q = 0; q < o; ++q) rows[t][q] += v * w[q];
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Compare a uint8 channels-last frame with the previous one; list the changed pixels, their
+// per-channel deltas (as floats) and update `prev`. Returns the number of changed pixels.
+int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int64_t c,
+                          int32_t* pix, float* delta) {
+  int64_t n = 0;
+  for (int64_t p = 0; p < npix; ++p) {
+    const uint8_t* f = frame + p * c;
+    uint8_t* g = prev + p * c;
+    if (std::memcmp(f, g, c) == 0) continue;
+    for (int64_t i = 0; i < c; ++i) {
+      delta[n * c + i] = static_cast<float>(f[i]) - static_cast<float>(g[i]);
+      g[i] = f[i];
+    }
+    pix[n++] = static_cast<int32_t>(p);
+  }
+  return n;
+}
+
+// acc += conv2d(Δ) for the P changed input pixels `pin` with delta rows `din` (P, C).
+// Weights are laid out (K·K, C, O) in `wt` and packed (C, O/16, K·K, 16) in `wpack`. Output pixels that received anything are marked in `mask`
+// and appended to `touched` (count in *ntouched; it needs Ho·Wo + 1 slots, as a candidate is
+// stored before it is known to be new). Returns the MACs performed (non-zero input elements
+// × taps that land × O), or -1 for more than 4096 channels or a map too large for RowDiv.
+EA_CONTRACT int64_t ea_conv_delta(const int32_t* pin, const float* din, int64_t np, int64_t c, int64_t w,
+                      int64_t ho, int64_t wo, int64_t k, int64_t stride, int64_t pad,
+                      const float* wt, const float* wpack, int64_t o, float* acc, uint8_t* mask,
+                      int32_t* touched, int64_t* ntouched) {
+  if (c > kMaxChannels || k * k > 49) return -1;
+  // RowDiv's exactness bound, with the input height bounded by the output's.
+  if (double(w) * double(w) * double(ho * stride + k) >= double(uint64_t{1} << 40)) return -1;
+  const RowDiv div(w);
+  int idx[kMaxChannels];
+  float val[kMaxChannels];
+  float* rows[49];
+  int64_t outs[49];
+  const int64_t taps = k * k;
+  const bool vec = o % 16 == 0;
+  int64_t macs = 0, nt = *ntouched;
+  float* vrows[49];
+  int vtaps[49];
+  for (int64_t p = 0; p < np; ++p) {
+    if (stride == 1 && p + kAhead < np) {  // the output rows a later pixel's taps land on
+      const int64_t f = pin[p + kAhead], fr = div.row(f);
+      const int64_t fi = fr - k + 1 + pad, fj = f - fr * w - k + 1 + pad;
+      for (int64_t di = 0; di < k; ++di) {
+        const int64_t r = fi + di;
+        if (r >= 0 && r < ho) {
+          const int64_t c0 = std::max<int64_t>(fj, 0), c1 = std::min<int64_t>(fj + k, wo);
+          if (c1 > c0) prefetch_row(acc + (r * wo + c0) * o, (c1 - c0) * o * 4);
+        }
+      }
+    }
+    const int nz = nonzeros(din + p * c, c, idx, val);
+    if (!nz) continue;
+    const int64_t i = div.row(pin[p]), j = pin[p] - i * w;
+    if (vec && k == 3 && stride == 1 && i + pad - k + 1 >= 0 && i + pad < ho && j + pad - k + 1 >= 0 &&
+        j + pad < wo) {  // interior pixel: every tap lands, at fixed offsets
+      const int64_t base = (i + pad) * wo + (j + pad);
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t q = base - (t / k) * wo - t % k;
+        vrows[t] = acc + q * o;
+        touched[nt] = static_cast<int32_t>(q);
+        nt += !mask[q];
+        mask[q] = 1;
+      }
+      accumulate_3x3(vrows, wpack, o, nz, idx, val);
+      macs += static_cast<int64_t>(nz) * taps * o;
+      continue;
+    }
+    if (vec && k == 3 && stride == 2 && pad == 1 && i >= 1 && (i + 1) / 2 < ho && j >= 1 &&
+        (j + 1) / 2 < wo) {
+      // Interior pixel of a stride-2 3×3 conv: by parity it lands on 1 or 2 output rows
+      // and 1 or 2 output columns; list them directly (a 9-tap scan mispredicts on parity).
+      int64_t ri[2], rt[2], ci[2], ct[2];
+      const int nr = (i & 1) ? 2 : 1, nc = (j & 1) ? 2 : 1;
+      if (i & 1) {
+        ri[0] = (i + 1) / 2, rt[0] = 0, ri[1] = (i - 1) / 2, rt[1] = 2;
+      } else {
+        ri[0] = i / 2, rt[0] = 1;
+      }
+      if (j & 1) {
+        ci[0] = (j + 1) / 2, ct[0] = 0, ci[1] = (j - 1) / 2, ct[1] = 2;
+      } else {
+        ci[0] = j / 2, ct[0] = 1;
+      }
+      int nv = 0;
+      for (int a = 0; a < nr; ++a) {
+        for (int b = 0; b < nc; ++b) {
+          const int64_t q = ri[a] * wo + ci[b];
+          vrows[nv] = acc + q * o;
+          vtaps[nv++] = static_cast<int>(rt[a] * 3 + ct[b]);
+          touched[nt] = static_cast<int32_t>(q);
+          nt += !mask[q];
+          mask[q] = 1;
+        }
+      }
+      accumulate_any(vrows, vtaps, nv, wpack, taps, o, nz, idx, val);
+      macs += static_cast<int64_t>(nz) * nv * o;
+      continue;
+    }
+    const int valid = tap_rows_any(stride, i, j, k, pad, ho, wo, o, acc, rows, outs);
+    if (!valid) continue;
+    if (vec) {
+      int nv = 0;
+      for (int64_t t = 0; t < taps; ++t) {
+        if (rows[t]) {
+          vrows[nv] = rows[t];
+          vtaps[nv++] = static_cast<int>(t);
+        }
+      }
+      accumulate_any(vrows, vtaps, nv, wpack, taps, o, nz, idx, val);
+    } else {
+      accumulate_scalar(rows, taps, wt, c, o, nz, idx, val);
+    }
+    macs += static_cast<int64_t>(nz) * valid * o;
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t q = outs[t];
+      if (q >= 0) {
+        touched[nt] = static_cast<int32_t>(q);
+        nt += !mask[q];
+        mask[q] = 1;
+      }
+    }
+  }
+  *ntouched = nt;
+  return macs;
+}
+
+// Mark the output pixels a strided shortcut reads from the changed input pixels `pin`.
+void ea_mark_pixels(const int32_t* pin, int64_t np, int64_t w, int64_t stride, int64_t ho,
+                    int64_t wo, uint8_t* mask, int32_t* touched, int64_t* ntouched) {
+  int64_t nt = *ntouched;
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t i = pin[p] / w, j = pin[p] % w;
+    if (i % stride || j % stride || i / stride >= ho || j / stride >= wo) continue;
+    const int64_t q = (i / stride) * wo + j / stride;
+    if (!mask[q]) {
+      mask[q] = 1;
+      touched[nt++] = static_cast<int32_t>(q);
+    }
+  }
+  *ntouched = nt;
+}
+
+// Epilogue of one conv at the touched output pixels (all of them if `all`):
+//   v = acc·scale + bias [+ k_in·q_in of the shortcut]; k = min(round(max(v, 0)·(1/q)), kmax)
+// (the order of the PyTorch reference, fast_plan.reference_forward). k maps are uint8
+// (kmax <= 255). Pixels whose k changed are listed in `pix_out` with their delta rows in
+// `delta_out`; `kmap` is updated and the touched marks cleared. `bias_map`: bias is
+// (Ho·Wo, O) instead of (O). Shortcut (`sck` not null): the block input's k map
+// (H_in·W_in, sc_c), read at (stride·i, stride·j), channel o - sc_front, scaled by its steps
+// `scq`; channels outside it are the zero padding.
+int64_t ea_post(const int32_t* touched, int64_t nt, int32_t all, int64_t npix,
+                const float* acc, int64_t o, const float* scale, const float* bias,
+                int32_t bias_map, const uint8_t* sck, int64_t sc_c, int64_t sc_w,
+                int64_t sc_stride, int64_t sc_front, const float* scq, int64_t wo,
+                const float* inv_step, float kmax, uint8_t* kmap, uint8_t* mask, int32_t* pix_out,
+                float* delta_out) {
+  if (o > kMaxChannels || sc_front < 0 || sc_front + sc_c > o || kmax > 255.0f) return -1;
+  alignas(64) uint8_t kn[kMaxChannels];
+  alignas(64) float sc[kMaxChannels];
+  std::memset(sc, 0, sizeof(float) * o);  // option-A padding channels stay +0
+  const bool vec = o % 16 == 0;
+  const bool sc_direct = vec && sck && sc_front == 0 && sc_c == o;  // identity shortcut
+  const int64_t count = all ? npix : nt;
+  const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
+  int64_t n = 0;
+  for (int64_t it = 0; it < count; ++it) {
+    const int64_t q = all ? it : touched[it];
+    if (!all && it + kAhead < count) {
+      const int64_t f = touched[it + kAhead];
+      prefetch_row(acc + f * o, o * 4);
+      prefetch_row(kmap + f * o, o);
+      if (sck) prefetch_row(sck + shortcut_pixel(f, wo, sc_stride, sc_w) * sc_c, sc_c);
+    }
+    mask[q] = 0;
+    const float* a = acc + q * o;
+    const float* b = bias_map ? bias + q * o : bias;
+    const uint8_t* s = sck ? sck + shortcut_pixel(q, wo, sc_stride, sc_w) * sc_c : nullptr;
+    if (sck && !sc_direct) {
+      for (int64_t c = 0; c < sc_c; ++c) sc[sc_front + c] = static_cast<float>(s[c]) * scq[c];
+    }
+    uint8_t* km = kmap + q * o;
+    float* d = delta_out + n * o;  // written in place; kept only if something changed
+    bool changed = false;
+    if (vec) {
+      for (int64_t i = 0; i < o; i += 16) {
+        vf16 v = load16(a + i) * load16(scale + i);
+        v = v + load16(b + i);
+        if (sc_direct) {
+          v = v + load16u8(s + i) * load16(scq + i);
+        } else if (sck) {
+          v = v + load16(sc + i);
+        }
+        v = v > zero ? v : zero;
+        v = v * load16(inv_step + i);
+        // Round half to even: exact for 0 <= v < 2^23; larger v clamp to kmax either way.
+        v = (v + magic) - magic;
+        v = v < vmax ? v : vmax;
+        const vu16 k8 = to_u8(v);
+        std::memcpy(kn + i, &k8, sizeof k8);
+        store16(d + i, v - load16u8(km + i));
+      }
+      uint64_t ne = 0;  // o is a multiple of 16: compare 8 activations at a time
+      for (int64_t i = 0; i < o; i += 8) {
+        uint64_t x, y;
+        std::memcpy(&x, kn + i, 8);
+        std::memcpy(&y, km + i, 8);
+        ne |= x ^ y;
+      }
+      changed = ne != 0;
+    } else {
+      for (int64_t i = 0; i < o; ++i) {
+        float v = a[i] * scale[i];
+        v = v + b[i];
+        if (sck) v = v + sc[i];
+        v = v > 0.0f ? v : 0.0f;
+        v = std::min(std::nearbyint(v * inv_step[i]), kmax);
+        kn[i] = static_cast<uint8_t>(v);
+        d[i] = v - static_cast<float>(km[i]);
+        changed |= kn[i] != km[i];
+      }
+    }
+    if (!changed) continue;
+    std::memcpy(km, kn, o);
+    pix_out[n++] = static_cast<int32_t>(q);
+  }
+  return n;
+}
+
+}  // extern "C"
