@@ -15,6 +15,13 @@ import argparse
 __all__ = ["register"]
 
 
+def _output_options(p: argparse.ArgumentParser) -> None:
+    """Where a simulation or a server writes its results."""
+    p.add_argument("--json", default=None, help="write results as JSON here")
+    p.add_argument("--markdown", default=None, help="write the table as Markdown here")
+    p.add_argument("--plot", default=None, help="write a PNG of the results here")
+
+
 def _fleet_options(p: argparse.ArgumentParser, *, device_side: bool = False) -> None:
     from edgeadapt.fleet.config import MERGES, STRATEGIES
 
@@ -64,9 +71,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--isolated", action="store_true",
                    help="simulation: also run each device alone, and the source model, to compare")  # fmt: skip
     p.add_argument("--verbose-flower", action="store_true", help="show Flower's and Ray's logs")
-    p.add_argument("--json", default=None, help="write results as JSON here")
-    p.add_argument("--markdown", default=None, help="write the table as Markdown here")
-    p.add_argument("--plot", default=None, help="write a PNG of the results here")
+    _output_options(p)
     p.set_defaults(func=_run, fleet_role="simulate")
     roles = p.add_subparsers(dest="fleet_role_name", required=False, metavar="{server,client}")
 
@@ -76,9 +81,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--join-timeout", type=float, default=300.0,
                    help="seconds to wait for all devices each round")  # fmt: skip
     s.add_argument("--verbose-flower", action="store_true", help="show Flower's logs")
-    s.add_argument("--json", default=None, help="write results as JSON here")
-    s.add_argument("--markdown", default=None, help="write the table as Markdown here")
-    s.add_argument("--plot", default=None, help="write a PNG of the results here")
+    _output_options(s)
     s.set_defaults(func=_run, fleet_role="server")
 
     c = roles.add_parser("client", help="one real device: join a fleet server")
