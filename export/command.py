@@ -440,6 +440,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {report.bundled_path} (bundled test input and expected outputs)")
     if report.arena_bytes:
         print(f"arena {report.total_arena_bytes:,} B, constants {report.constant_bytes:,} B")
+    if report.arena_peak:
+        print(_arena_peak_line(report.arena_peak))
     code = 0
     if args.device:
         fit = check_fit(report, args.device)
@@ -452,6 +454,13 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.json, out)
         print(f"wrote {args.json}")
     return code
+
+
+def _arena_peak_line(peak: dict) -> str:
+    """Where the arena's bytes go at its peak, largest role first (a training program)."""
+    roles = sorted(((b, r) for r, b in peak["by_role"].items() if b), reverse=True)
+    parts = ", ".join(f"{r} {b:,} B" for b, r in roles)
+    return f"arena at its peak: {peak['peak_live_bytes']:,} B alive ({parts})"
 
 
 def _unknown_device(name: str, exc: Exception) -> str:

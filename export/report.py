@@ -51,6 +51,9 @@ class ExportReport:
     # Training programs: `check_adaptation` against the eager adapter on real images (steps,
     # differences, whether weights moved and predictions varied); None when not run.
     adaptation_check: dict[str, Any] | None = None
+    # Training programs: what the arena holds where the most bytes are alive, by role (kept
+    # for the backward, ReLU masks, temporaries, ...: `arena_peak.ArenaPeak.to_dict`).
+    arena_peak: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
 
     @property

@@ -84,6 +84,7 @@ def to_training_program(
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
     from torch.export.experimental import _export_forward_backward
 
+    from edgeadapt.export.arena_peak import arena_peak
     from edgeadapt.export.executorch_program import capture, write_pte
     from edgeadapt.export.memory_plan import backend_config
     from edgeadapt.export.training_passes import (
@@ -105,7 +106,9 @@ def to_training_program(
         if mutable:  # without it a mutated buffer's initial value is not written to the file
             config.passes.append(InitializedMutableBufferPass(list(mutable)))
         with training_indices_without_buffer_mutations():
-            data = to_edge(exported).to_executorch(config).buffer
+            manager = to_edge(exported).to_executorch(config)
+        data = manager.buffer
+        peak = arena_peak(manager)
     except ExportError:
         raise
     except Exception as exc:
@@ -162,7 +165,7 @@ def to_training_program(
         batch_statistics=True, profile=profile, trainable_bytes=trainable_bytes,
         quantized=quantize, expected=expected, bundle_atol=bound, bundle_inputs=inputs,
         notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",),
-        adaptation_check=check,
+        adaptation_check=check, arena_peak=peak.to_dict(),
     )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 from _sweep import add_executor_args, run_jobs
@@ -67,7 +67,12 @@ def merge(out_dir: Path, names: Sequence[str], labels: dict[str, str] | None = N
     return {"results": results, "missing": missing}
 
 
-def keep_earlier_rows(payload: dict, earlier: Path, labels: dict[str, str] | None = None) -> dict:
+def keep_earlier_rows(
+    payload: dict,
+    earlier: Path,
+    labels: dict[str, str] | None = None,
+    key: Callable[[dict], Hashable] = lambda r: r["method"],
+) -> dict:
     """Add to `payload` every row of an earlier merged file (the committed record) that it has
     no run of, so one method can be run, or rerun, alone on another machine or in another
     session without dropping the rest of the table. Rows keep the earlier file's order, each
@@ -77,11 +82,11 @@ def keep_earlier_rows(payload: dict, earlier: Path, labels: dict[str, str] | Non
     if not earlier.is_file():
         return payload
     before = json.loads(earlier.read_text())
-    new = {r["method"]: r for r in payload["results"]}
+    new = {key(r): r for r in payload["results"]}
     rows, kept = [], []
     for r in before["results"]:
-        if r["method"] in new:
-            rows.append(new.pop(r["method"]))
+        if key(r) in new:
+            rows.append(new.pop(key(r)))
         else:
             rows.append(r)
             kept.append(r["method"])

@@ -214,6 +214,40 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict, path: Path) -> None:
+    """Per clip: dense fp32 (NCHW, channels-last) and fast delta ms per frame; per layer: the
+    fast runtime's ms and the share of output pixels that changed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clips = report["clips"]
+    fig, axes = plt.subplots(1, 1 + len(clips), figsize=(5 + 6 * len(clips), 3.8))
+    pos = np.arange(len(clips))
+    bars = (("dense_ms", "dense fp32 NCHW"), ("dense_channels_last_ms", "dense fp32 channels-last"),
+            ("fast_ms", "fast delta"))  # fmt: skip
+    for i, (key, label) in enumerate(bars):
+        axes[0].bar(pos + (i - 1) * 0.27, [r[key] for r in clips], 0.27, label=label)
+    axes[0].set_xticks(pos, [r["clip"].split(".")[0][:20] for r in clips], fontsize=8)
+    axes[0].set_ylabel("ms per frame (median)")
+    axes[0].set_title(f"{report['size'][0]}×{report['size'][1]}, one thread")
+    axes[0].legend(fontsize=7)
+    for ax, r in zip(axes[1:], clips):
+        layers = r["per_layer"]
+        x = np.arange(len(layers))
+        ax.bar(x, [p["median_ms"] for p in layers], color="tab:green", label="fast ms")
+        ax.set_ylabel("fast runtime ms per frame")
+        ax.set_xticks(x, [p["layer"] for p in layers], rotation=60, ha="right", fontsize=6)
+        twin = ax.twinx()
+        twin.plot(x, [100 * p["changed_out_pixels"] for p in layers], "k.-", label="changed")
+        twin.set_ylabel("output pixels changed (%)")
+        ax.set_title(f"{r['clip']}: {r['speedup']:.2f}×, {100 * r['agreement_top1']:.1f}% agree")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", nargs="*", help="video files (default: the shared clips)")
@@ -250,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results_fast.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results_fast.md").write_text(markdown(report))
+    plot(report, out / "results_fast.png")
     print(markdown(report))
     return 0
 

@@ -100,3 +100,17 @@ def test_training_program_for_other_methods_is_refused(tmp_path):
     )
     with pytest.raises(UnsupportedExportError, match="'ecotta' and 'tent'"):
         to_training_program(adapter, torch.zeros(4, 3, 16, 16), tmp_path / "x.pte")
+
+
+def test_report_says_what_the_arena_holds_at_its_peak(program):
+    """The arena's peak by role: what the forward keeps for the backward is most of it, the
+    roles add up to the bytes alive there, and the plan holds at least those bytes."""
+    _, report = program
+    peak = report.arena_peak
+    assert peak is not None and set(peak["by_role"]) >= {"kept activations", "kept masks"}
+    assert sum(peak["by_role"].values()) == peak["peak_live_bytes"] > 0
+    assert report.total_arena_bytes >= peak["planned_bytes"] >= peak["peak_live_bytes"]
+    # tiny_resnet's ReLUs keep bool masks and its meta networks keep their fp32 inputs.
+    assert peak["by_role"]["kept masks"] > 0 and peak["by_role"]["kept activations"] > 0
+    largest = peak["largest"]
+    assert [t["bytes"] for t in largest] == sorted((t["bytes"] for t in largest), reverse=True)

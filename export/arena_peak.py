@@ -1,0 +1,156 @@
+"""What a training program's arena holds at its peak, by role: the measured items behind a
+program that does not fit.
+
+ExecuTorch plans every non-constant tensor into the arena by lifetime (node positions in the
+emitted graph), so the arena's size is set by the moment when the most bytes are alive. For
+a forward+backward program those bytes are mostly what the forward keeps for the backward:
+that is where recomputation, bit-packed ReLU masks or int8 activations would act, and this
+says how much each could free. Read from the emitted program's own tensor specs, so it
+describes exactly the plan the file carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ArenaPeak", "arena_peak"]
+
+# Roles, in the order reports list them.
+ROLES = (
+    "input",  # the program's user inputs (the batch)
+    "state",  # mutable buffers the program updates (stream statistics of its BNs)
+    "kept activations",  # forward tensors alive into the backward, not bool
+    "kept masks",  # bool forward tensors alive into the backward (ReLU masks)
+    "forward temporaries",  # forward tensors that die in the forward
+    "backward temporaries",  # tensors the backward makes and frees
+    "outputs",  # loss, logits, gradients: alive until the program returns
+)
+
+
+@dataclass(frozen=True)
+class ArenaPeak:
+    """Bytes alive at the step where the most are, by role (`ROLES`), and the plan's size
+    (the plan can exceed `peak_live_bytes`: the greedy planner's gaps)."""
+
+    planned_bytes: int
+    peak_live_bytes: int
+    peak_step: int
+    steps: int
+    by_role: dict[str, int]
+    largest: tuple[tuple[str, str, tuple[int, ...], str, int], ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "planned_bytes": self.planned_bytes,
+            "peak_live_bytes": self.peak_live_bytes,
+            "peak_step": self.peak_step,
+            "steps": self.steps,
+            "by_role": dict(self.by_role),
+            "largest": [
+                {"node": n, "role": r, "shape": list(s), "dtype": d, "bytes": b}
+                for n, r, s, d, b in self.largest
+            ],
+        }
+
+
+def arena_peak(program: Any, *, largest: int = 12) -> ArenaPeak:
+    """The arena peak of `program` (an ExecutorchProgramManager after `to_executorch`, or its
+    ExportedProgram) with what is alive there by role, and its `largest` tensors."""
+    ep = program.exported_program() if hasattr(program, "exported_program") else program
+    graph = ep.graph_module.graph
+    nodes = list(graph.nodes)
+    specs = _planned_specs(nodes)
+    if not specs:
+        return ArenaPeak(0, 0, 0, len(nodes), {r: 0 for r in ROLES})
+    forward = _forward_nodes(ep, nodes)
+    first_backward = min(
+        (i for i, n in enumerate(nodes) if n.op == "call_function" and n not in forward),
+        default=len(nodes),
+    )
+    buffers = set(ep.graph_signature.inputs_to_buffers)
+    output = nodes[-1]
+    returned = {id(s) for a in output.args[0] if hasattr(a, "meta") for s in _specs_of(a)}
+    steps = max(s.lifetime[1] for s, _ in specs.values()) + 1
+    live = [0] * steps
+    for spec, _ in specs.values():
+        for t in range(spec.lifetime[0], spec.lifetime[1] + 1):
+            live[t] += spec.allocated_memory
+    peak = max(range(steps), key=live.__getitem__)
+    by_role = {r: 0 for r in ROLES}
+    alive = []
+    for key, (spec, node) in specs.items():
+        if not spec.lifetime[0] <= peak <= spec.lifetime[1]:
+            continue
+        role = _role(spec, node, key in returned, node in forward, first_backward, buffers)
+        by_role[role] += spec.allocated_memory
+        alive.append((node.name, role, tuple(int(d) for d in spec.shape),
+                      str(spec.dtype).replace("torch.", ""), spec.allocated_memory))  # fmt: skip
+    alive.sort(key=lambda a: -a[4])
+    planned = max((s.mem_offset or 0) + s.allocated_memory for s, _ in specs.values())
+    return ArenaPeak(planned, live[peak], peak, steps, by_role, tuple(alive[:largest]))
+
+
+def _specs_of(node: Any) -> Iterable[Any]:
+    spec = node.meta.get("spec")
+    for s in spec if isinstance(spec, (list, tuple)) else (spec,):
+        if s is not None and hasattr(s, "lifetime"):
+            yield s
+
+
+def _planned_specs(nodes: list[Any]) -> dict[int, tuple[Any, Any]]:
+    """Every arena tensor once (an out-variant op and its `alloc` share one spec), with the
+    node that produces it: the op, not the allocation."""
+    found: dict[int, tuple[Any, Any]] = {}
+    for node in nodes:
+        for s in _specs_of(node):
+            if s.mem_id is None or s.lifetime[0] is None or getattr(s, "const", False):
+                continue
+            producer = found.get(id(s), (s, node))[1]
+            if _is_alloc(producer) and not _is_alloc(node):
+                producer = node
+            found[id(s)] = (s, producer)
+    return found
+
+
+def _is_alloc(node: Any) -> bool:
+    return node.op == "call_function" and getattr(node.target, "__name__", "") == "alloc"
+
+
+def _forward_nodes(ep: Any, nodes: list[Any]) -> set[Any]:
+    """The nodes the loss (the first user output) depends on: the forward."""
+    from torch.export.graph_signature import OutputKind
+
+    # The emitted program writes mutated buffers in place: their outputs are gone from the
+    # graph but not from the signature.
+    specs = [s for s in ep.graph_signature.output_specs if s.kind != OutputKind.BUFFER_MUTATION]
+    outputs = nodes[-1].args[0]
+    user = [o for o, s in zip(outputs, specs) if s.kind == OutputKind.USER_OUTPUT]
+    seen: set[Any] = set()
+    todo = [user[0]] if user else []
+    while todo:
+        n = todo.pop()
+        if n in seen or not hasattr(n, "op"):
+            continue
+        seen.add(n)
+        todo.extend(n.all_input_nodes)
+    # An out-variant op's output buffer (`alloc`) belongs where its op does.
+    for n in nodes:
+        if n in seen:
+            seen.update(a for a in n.all_input_nodes if _is_alloc(a))
+    return seen
+
+
+def _role(
+    spec: Any, node: Any, returned: bool, in_forward: bool, first_backward: int, buffers: set[str]
+) -> str:
+    if node.op == "placeholder":
+        return "state" if node.name in buffers or node.target in buffers else "input"
+    if returned:
+        return "outputs"
+    if not in_forward:
+        return "backward temporaries"
+    if spec.lifetime[1] < first_backward:
+        return "forward temporaries"
+    return "kept masks" if "bool" in str(spec.dtype) else "kept activations"
