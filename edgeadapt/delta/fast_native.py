@@ -33,7 +33,7 @@ ARCH_FLAGS = ("-march=native",)
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES = {
-    "ea_frame_delta_u8": (_I, [_P, _P, _I, _I, _P, _P]),
+    "ea_frame_delta_u8": (_I, [_P, _P, _I, _I, _P, _P, _I]),
     "ea_conv_delta": (_I, [_P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P]),
     "ea_mark_pixels": (None, [_P, _I, _I, _I, _I, _I, _P, _P, _P]),
     "ea_post": (

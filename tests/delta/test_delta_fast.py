@@ -23,6 +23,8 @@ pytestmark = pytest.mark.skipif(
     not native_available(), reason="no C++ compiler: the fast runtime's kernels cannot build"
 )
 
+# Every changed pixel sent (no input threshold): logits equal the reference on the frame itself.
+EVERY_CHANGE = FastDeltaConfig(input_threshold=0)
 H, W = 18, 22  # odd sizes: strided layers and the shortcut's subsampling meet ragged edges
 
 
@@ -63,7 +65,7 @@ def _video(frames: int, seed: int) -> list[torch.Tensor]:
 # (16, 32): the vector kernels (channels a multiple of 16); (4, 8, 12): the scalar fallback.
 @pytest.mark.parametrize("widths", [(16, 32), (4, 8, 12)])
 def test_bit_exact_against_dense_reference(widths):
-    runtime = to_fast_delta_runtime(_model(widths))
+    runtime = to_fast_delta_runtime(_model(widths), EVERY_CHANGE)
     frames = _video(300, seed=1)
     for t, frame in enumerate(frames):
         logits = runtime(frame)
@@ -78,7 +80,7 @@ def test_bit_exact_against_dense_reference(widths):
 
 
 def test_masks_propagate_from_one_pixel():
-    runtime = to_fast_delta_runtime(_model((16, 32)))
+    runtime = to_fast_delta_runtime(_model((16, 32)), EVERY_CHANGE)
     frame = _video(1, seed=2)[0]
     runtime(frame)
     runtime(frame.clone())
@@ -97,7 +99,9 @@ def test_masks_propagate_from_one_pixel():
 
 
 def test_scene_cut_and_reset_restart_densely():
-    runtime = to_fast_delta_runtime(_model((16, 32)), FastDeltaConfig(scene_cut_threshold=0.5))
+    runtime = to_fast_delta_runtime(
+        _model((16, 32)), FastDeltaConfig(scene_cut_threshold=0.5, input_threshold=0)
+    )
     a, b = _video(2, seed=3)[0], _video(1, seed=4)[0]
     runtime(a)
     out = runtime(b)  # every pixel differs: a cut
@@ -110,7 +114,7 @@ def test_scene_cut_and_reset_restart_densely():
 
 
 def test_numpy_frames_and_state_buffers():
-    runtime = to_fast_delta_runtime(_model((16, 32)))
+    runtime = to_fast_delta_runtime(_model((16, 32)), EVERY_CHANGE)
     frame = _video(1, seed=5)[0]
     out = runtime(frame.numpy())
     assert out.shape == (1, 10) and out.dtype == torch.float32
@@ -119,7 +123,7 @@ def test_numpy_frames_and_state_buffers():
 
 
 def test_bad_input_gets_typed_errors():
-    runtime = to_fast_delta_runtime(_model((16, 32)))
+    runtime = to_fast_delta_runtime(_model((16, 32)), EVERY_CHANGE)
     frame = _video(1, seed=6)[0]
     with pytest.raises(InputError, match="uint8"):
         runtime(frame.float())
@@ -151,10 +155,35 @@ def test_lowering_refuses_what_it_cannot_run():
 
 
 def test_integer_weights_keep_float32_sums_exact():
-    runtime = to_fast_delta_runtime(_model((16, 32)))
+    runtime = to_fast_delta_runtime(_model((16, 32)), EVERY_CHANGE)
     act_max = runtime.plan.act_max
     for i, spec in enumerate(runtime.plan.layers):
         w = spec.weight.double()
         assert torch.equal(w, w.round())
         k_max = 255.0 if i == 0 else act_max
         assert float((w.abs() * k_max).sum((1, 2, 3)).max()) <= 2**23
+
+
+def test_input_threshold_holds_small_drifts_and_stays_exact_on_the_seen_frame():
+    """Pixels that moved by at most `input_threshold` levels are not sent: they hold the last
+    value sent, drifts add up until they cross it, and the logits equal the dense reference
+    on the frame the runtime has seen (`seen_frame()`), bit for bit."""
+    model = _model((4, 8, 16))
+    runtime = to_fast_delta_runtime(model, FastDeltaConfig(input_threshold=2))
+    base = torch.full((H, W, 3), 100, dtype=torch.uint8)
+    runtime(base)
+    drift = base.clone()
+    drift[3, 4] = 102  # within the threshold: not sent
+    out = runtime(drift)
+    assert runtime.last_macs().performed == runtime.plan.head_weight.numel()  # head only
+    assert torch.equal(runtime.seen_frame(), base)
+    assert torch.equal(out, fast_reference_forward(runtime.plan, base)[0])
+    drift[3, 4] = 103  # three levels from the held 100: sent, as 103
+    out = runtime(drift)
+    assert torch.equal(runtime.seen_frame(), drift)
+    assert torch.equal(out, fast_reference_forward(runtime.plan, drift)[0])
+    for frame in _video(40, seed=3):  # noise, moving patches and cuts: exact throughout
+        out = runtime(frame)
+        assert torch.equal(out, fast_reference_forward(runtime.plan, runtime.seen_frame())[0])
+    with pytest.raises(ConfigError, match="input_threshold"):
+        FastDeltaConfig(input_threshold=-1)

@@ -228,13 +228,25 @@ extern "C" {
 
 // Compare a uint8 channels-last frame with the previous one; list the changed pixels, their
 // per-channel deltas (as floats) and update `prev`. Returns the number of changed pixels.
+// A pixel counts as changed when some channel moved by more than `threshold` levels from the
+// value `prev` holds for it; an unchanged pixel keeps its held value (not the new one), so
+// small drifts (codec noise) add up until they cross the threshold instead of being lost.
+// `prev` is then exactly the frame the network has seen. threshold 0: any change.
 int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int64_t c,
-                          int32_t* pix, float* delta) {
+                          int32_t* pix, float* delta, int64_t threshold) {
   int64_t n = 0;
   for (int64_t p = 0; p < npix; ++p) {
     const uint8_t* f = frame + p * c;
     uint8_t* g = prev + p * c;
     if (std::memcmp(f, g, c) == 0) continue;
+    if (threshold > 0) {
+      int64_t most = 0;
+      for (int64_t i = 0; i < c; ++i) {
+        const int64_t d = int64_t(f[i]) - int64_t(g[i]);
+        most = std::max(most, d < 0 ? -d : d);
+      }
+      if (most <= threshold) continue;
+    }
     for (int64_t i = 0; i < c; ++i) {
       delta[n * c + i] = static_cast<float>(f[i]) - static_cast<float>(g[i]);
       g[i] = f[i];
