@@ -295,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results_fast.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "results_fast.md").write_text(markdown(report))
+    text = markdown(report)
+    (out / "results_fast.md").write_text(text)
     plot(report, out / "results_fast.png")
-    print(markdown(report))
+    print(text)
     return 0
 
 

@@ -9,7 +9,6 @@ cold one costs a few minutes (host flatc, the runtime), a warm one seconds.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import sys
@@ -19,20 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+from _scripts import MCU_DIR, load_script
 
-
-def _mcu():
-    spec = importlib.util.spec_from_file_location(
-        "ea_mcu_build", REPO / "firmware_bridge" / "device" / "mcu" / "build.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mcu = _mcu()
+mcu = load_script("ea_mcu_build", MCU_DIR / "build.py")
 
 
 def test_linker_script_has_the_parts_banks() -> None:
@@ -66,13 +55,12 @@ def built(tmp_path_factory):
     if mcu.missing_tools():
         pytest.fail(f"EDGEADAPT_REQUIRE_FIRMWARE=1 but {MISSING}")
     pytest.importorskip("executorch")
+    from _tiny import export_tiny
+
     import edgeadapt
     from edgeadapt.api import config_for
     from edgeadapt.export import to_training_program
     from edgeadapt.models import create_model
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _tiny import export_tiny
 
     tmp = tmp_path_factory.mktemp("mcu")
     pte, x, expected = export_tiny(tmp / "tiny.pte")

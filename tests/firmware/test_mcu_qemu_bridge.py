@@ -22,22 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import ADAPT_LR, ADAPT_SHAPE, export_tiny_adapter  # noqa: E402
+from _scripts import MCU_DIR, load_script
+from _tiny import ADAPT_LR, ADAPT_SHAPE, export_tiny_adapter
 
-
-def _qemu_server():
-    spec = importlib.util.spec_from_file_location(
-        "ea_qemu_server", REPO / "firmware_bridge" / "device" / "mcu" / "qemu_server.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-qs = _qemu_server()
+qs = load_script("ea_qemu_server", MCU_DIR / "qemu_server.py")
 
 
 def _missing() -> str:

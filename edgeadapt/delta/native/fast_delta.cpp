@@ -101,19 +101,20 @@ inline int nonzeros(const float* d, int64_t c, int* idx, float* val) {
 
 // Output rows of the taps of input pixel (i, j): rows[t] = acc row, or nullptr where the tap
 // lands outside the output (padding) or between strided outputs. Returns the valid taps.
-// STRIDE is a template argument so the divisions compile to shifts.
+// STRIDE is a template argument so the divisions compile to shifts; 0: `stride` at run time.
 template <int64_t STRIDE>
-inline int tap_rows(int64_t i, int64_t j, int64_t k, int64_t pad, int64_t ho, int64_t wo,
-                    int64_t o, float* acc, float** rows, int64_t* outs) {
+inline int tap_rows(int64_t stride, int64_t i, int64_t j, int64_t k, int64_t pad, int64_t ho,
+                    int64_t wo, int64_t o, float* acc, float** rows, int64_t* outs) {
+  const int64_t s = STRIDE ? STRIDE : stride;
   int valid = 0;
   for (int64_t di = 0; di < k; ++di) {
     const int64_t ti = i + pad - di;
-    const bool row_ok = ti >= 0 && ti % STRIDE == 0 && ti / STRIDE < ho;
+    const bool row_ok = ti >= 0 && ti % s == 0 && ti / s < ho;
     for (int64_t dj = 0; dj < k; ++dj) {
       const int64_t tj = j + pad - dj;
       const int64_t t = di * k + dj;
-      if (row_ok && tj >= 0 && tj % STRIDE == 0 && tj / STRIDE < wo) {
-        outs[t] = (ti / STRIDE) * wo + tj / STRIDE;
+      if (row_ok && tj >= 0 && tj % s == 0 && tj / s < wo) {
+        outs[t] = (ti / s) * wo + tj / s;
         rows[t] = acc + outs[t] * o;
         ++valid;
       } else {
@@ -127,24 +128,9 @@ inline int tap_rows(int64_t i, int64_t j, int64_t k, int64_t pad, int64_t ho, in
 
 inline int tap_rows_any(int64_t stride, int64_t i, int64_t j, int64_t k, int64_t pad, int64_t ho,
                         int64_t wo, int64_t o, float* acc, float** rows, int64_t* outs) {
-  if (stride == 1) return tap_rows<1>(i, j, k, pad, ho, wo, o, acc, rows, outs);
-  if (stride == 2) return tap_rows<2>(i, j, k, pad, ho, wo, o, acc, rows, outs);
-  int valid = 0;
-  for (int64_t di = 0; di < k; ++di) {
-    for (int64_t dj = 0; dj < k; ++dj) {
-      const int64_t ti = i + pad - di, tj = j + pad - dj, t = di * k + dj;
-      if (ti >= 0 && tj >= 0 && ti % stride == 0 && tj % stride == 0 && ti / stride < ho &&
-          tj / stride < wo) {
-        outs[t] = (ti / stride) * wo + tj / stride;
-        rows[t] = acc + outs[t] * o;
-        ++valid;
-      } else {
-        outs[t] = -1;
-        rows[t] = nullptr;
-      }
-    }
-  }
-  return valid;
+  if (stride == 1) return tap_rows<1>(1, i, j, k, pad, ho, wo, o, acc, rows, outs);
+  if (stride == 2) return tap_rows<2>(2, i, j, k, pad, ho, wo, o, acc, rows, outs);
+  return tap_rows<0>(stride, i, j, k, pad, ho, wo, o, acc, rows, outs);
 }
 
 // Fused multiply-add is exact here (integer operands and sums below 2^24), so these loops may
