@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 __all__ = ["ArenaPeak", "arena_peak"]
 
 # Roles, in the order reports list them.
@@ -22,7 +24,7 @@ ROLES = (
     "input",  # the program's user inputs (the batch)
     "state",  # mutable buffers the program updates (stream statistics of its BNs)
     "kept activations",  # forward tensors alive into the backward, not bool
-    "kept masks",  # bool forward tensors alive into the backward (ReLU masks)
+    "kept masks",  # ReLU masks alive into the backward: bool, or bit-packed (uint8)
     "forward temporaries",  # forward tensors that die in the forward
     "backward temporaries",  # tensors the backward makes and frees
     "outputs",  # loss, logits, gradients: alive until the program returns
@@ -104,6 +106,8 @@ def _planned_specs(nodes: list[Any]) -> dict[int, tuple[Any, Any]]:
     node that produces it: the op, not the allocation."""
     found: dict[int, tuple[Any, Any]] = {}
     for node in nodes:
+        if _is_view(node):  # an alias of its base, whose lifetime the planner extended
+            continue
         for s in _specs_of(node):
             if s.mem_id is None or s.lifetime[0] is None or getattr(s, "const", False):
                 continue
@@ -112,6 +116,13 @@ def _planned_specs(nodes: list[Any]) -> dict[int, tuple[Any, Any]]:
                 producer = node
             found[id(s)] = (s, producer)
     return found
+
+
+def _is_view(node: Any) -> bool:
+    """ExecuTorch's `memory.view` (a view_copy made free): it shares its base's memory."""
+    target = node.target
+    return (node.op == "call_function" and getattr(target, "__name__", "") == "view"
+            and getattr(target, "__module__", "").endswith("exir.memory"))  # fmt: skip
 
 
 def _is_alloc(node: Any) -> bool:
@@ -135,11 +146,29 @@ def _forward_nodes(ep: Any, nodes: list[Any]) -> set[Any]:
             continue
         seen.add(n)
         todo.extend(n.all_input_nodes)
+
+    # Bit-packed ReLU masks (training_passes.bit_packed_masks) are made from a forward mask
+    # right after it and only the backward reads them: forward nodes the loss does not need.
+    # Before the backward's first op (the first other op the loss does not need): uint8- or
+    # bool-valued ops of forward values.
+    def other(n: Any) -> bool:
+        return n.op == "call_function" and n not in seen and not _is_alloc(n)
+
+    start = next((i for i, n in enumerate(nodes) if other(n) and not _bits(n)), len(nodes))
+    for n in nodes[:start]:
+        if other(n) and all(a in seen or _is_alloc(a) for a in n.all_input_nodes):
+            seen.add(n)
     # An out-variant op's output buffer (`alloc`) belongs where its op does.
     for n in nodes:
         if n in seen:
             seen.update(a for a in n.all_input_nodes if _is_alloc(a))
     return seen
+
+
+def _bits(node: Any) -> bool:
+    """A node whose values are all uint8 or bool (a mask, packed or not)."""
+    specs = list(_specs_of(node))
+    return bool(specs) and all(s.dtype in (torch.uint8, torch.bool) for s in specs)
 
 
 def _role(
@@ -153,4 +182,5 @@ def _role(
         return "backward temporaries"
     if spec.lifetime[1] < first_backward:
         return "forward temporaries"
-    return "kept masks" if "bool" in str(spec.dtype) else "kept activations"
+    mask = spec.dtype in (torch.bool, torch.uint8)
+    return "kept masks" if mask else "kept activations"

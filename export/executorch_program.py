@@ -17,6 +17,7 @@ from edgeadapt.export.devices import DeviceProfile, load_profile
 from edgeadapt.export.errors import ExportError, ProgramFileError, VerificationError
 from edgeadapt.export.graph import Statistics, inference_module
 from edgeadapt.export.report import ExportReport
+from edgeadapt.export.shared_values import share_constant_values
 
 __all__ = [
     "Backend",
@@ -61,7 +62,7 @@ def lower(exported: Any, backend: Backend, profile: DeviceProfile | None = None)
 
         partitioners.append(XnnpackPartitioner())
     try:
-        return (
+        data = (
             to_edge_transform_and_lower(exported, partitioner=partitioners)
             .to_executorch(backend_config(profile))
             .buffer
@@ -72,6 +73,8 @@ def lower(exported: Any, backend: Backend, profile: DeviceProfile | None = None)
             f"{_first_line(exc)}); an op outside ExecuTorch's operator set must be replaced "
             "by supported ones in the model"
         ) from exc
+    # Scalar arguments shared between instructions: fewer runtime tables on the device.
+    return share_constant_values(data)[0]
 
 
 def _first_line(exc: BaseException) -> str:

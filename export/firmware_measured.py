@@ -9,7 +9,9 @@ high-water mark and the firmware's code and .data+.bss. It writes those figures 
   largest measured/estimated ratio over the measured programs: the estimate counts the right
   items but misses per-item padding, and the ratio was stable (1.03-1.06) across programs;
 - places the firmware's code in flash beside the constants, and its .data+.bss, stack and
-  temp allocator in RAM, at the largest measured figure.
+  temp allocator pool in RAM: .data+.bss at the largest measured figure, the stack and the
+  temp pool at what the build reserves for them (a device cannot lend out its stack reserve;
+  the high-water marks are kept for the report: what a leaner build could reserve).
 
 Where no build exists for a profile's core (Cortex-M4, Xtensa), the estimate stays, labelled
 as such with its error measured on the cores that do have a build.
@@ -45,6 +47,8 @@ class FirmwareMeasurement:
     data_bss_bytes: int  # largest .data + .bss (arenas and stack excluded)
     stack_bytes: int  # largest stack high-water mark
     temp_bytes: int  # largest temp-allocator use
+    stack_reserved_bytes: int  # the stack the build reserves (its .stack section)
+    temp_pool_bytes: int  # the temp allocator's pool the build reserves
 
     @property
     def runtime_ratio(self) -> Fraction:
@@ -52,7 +56,9 @@ class FirmwareMeasurement:
 
     @property
     def firmware_ram_bytes(self) -> int:
-        return self.data_bss_bytes + self.stack_bytes + self.temp_bytes
+        """RAM the firmware holds besides the program's own memory, as built."""
+        reserved = max(self.stack_reserved_bytes, self.stack_bytes)
+        return self.data_bss_bytes + reserved + max(self.temp_pool_bytes, self.temp_bytes)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ def measurement_for(core: str) -> FirmwareMeasurement | None:
         data_bss_bytes=max(p["data_bss_bytes"] for p in d["programs"]),
         stack_bytes=max(p["stack_high_water"] for p in d["programs"]),
         temp_bytes=max(p["temp_allocator"] for p in d["programs"]),
+        stack_reserved_bytes=max(p["stack_reserved"] for p in d["programs"]),
+        temp_pool_bytes=max(p["temp_pool"] for p in d["programs"]),
     )
 
 
@@ -146,6 +154,8 @@ def write_measurement(path: Path, core: str, source: str, rows: list[dict[str, A
             "stack_high_water": r["stack_high_water"],
             "code_bytes": r["code_bytes"],
             "data_bss_bytes": r["data_bytes"] + r["bss_bytes"],
+            "stack_reserved": r["stack_reserved"],
+            "temp_pool": r["temp_pool"],
         }
         for r in rows
     ]

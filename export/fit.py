@@ -19,6 +19,10 @@ from edgeadapt.export.report import ExportReport
 
 __all__ = ["FitResult", "Placement", "Shortfall", "check_fit", "require_fit"]
 
+# What a firmware build holds in RAM besides the program: measured statics, reserved stack
+# and temp pool (firmware_measured.FirmwareMeasurement.firmware_ram_bytes).
+FIRMWARE_RAM_ITEM = "firmware .data+.bss (measured), stack and temp pool (reserved)"
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -92,7 +96,6 @@ def _sizes(report_or_sizes: ExportReport | Mapping[str, Any]) -> dict[str, Any]:
         "banks": list(d.get("arena_banks", ()) or ()),
         "planned_for": d.get("planned_for"),
         "constants": int(d.get("constant_bytes", 0) or 0),
-        "trainable": int(d.get("trainable_bytes", 0) or 0),
         "runtime": int(d.get("runtime_bytes_estimate", 0) or 0),
         "backend": d.get("backend"),
     }
@@ -110,8 +113,9 @@ def check_fit(
     or a list, one per arena), `constant_bytes`, and optionally `trainable_bytes`,
     `arena_banks` and `planned_for` (see ExportReport). A program planned for this device's
     banks (`planned_for` is its key) has each arena checked against the bank it was planned
-    for; other arenas are placed first-fit decreasing. On an MCU the trainable tensors of a
-    training program need RAM too: the runtime updates them in place. With
+    for; other arenas are placed first-fit decreasing. A training program's trainable tensors
+    are not counted again: ExecuTorch plans them inside the arena (their initial values sit
+    with the constants), where the runtime updates them in place. With
     `include_runtime`, the runtime's own tables for the method need RAM as well, and on an
     MCU whose core has a measured firmware build (`firmware_measured`) so do the firmware's
     .data+.bss, stack and temp allocator, and its code needs flash beside the constants: the
@@ -155,12 +159,13 @@ def check_fit(
         in_flash = [("constants", constants)]
         if firmware is not None and include_runtime:
             in_flash.append(("firmware code (measured)", firmware.code_bytes))
-            items.append(("firmware .data+.bss+stack (measured)", firmware.firmware_ram_bytes))
+            items.append((FIRMWARE_RAM_ITEM, firmware.firmware_ram_bytes))
             basis.append(
-                f"firmware: code {firmware.code_bytes:,} B, .data+.bss {firmware.data_bss_bytes:,}"
-                f" B, stack high-water {firmware.stack_bytes:,} B, temp allocator "
-                f"{firmware.temp_bytes:,} B, the largest measured on {firmware.core} "
-                f"({firmware.source})"
+                f"firmware: code {firmware.code_bytes:,} B and .data+.bss "
+                f"{firmware.data_bss_bytes:,} B, the largest measured on {firmware.core}; stack "
+                f"{firmware.stack_reserved_bytes:,} B and temp pool "
+                f"{firmware.temp_pool_bytes:,} B as the build reserves them (high-water "
+                f"{firmware.stack_bytes:,} B and {firmware.temp_bytes:,} B) ({firmware.source})"
             )
         for item, size in in_flash:
             if size <= flash:
@@ -169,8 +174,6 @@ def check_fit(
             else:
                 shortfalls.append(Shortfall(item, size, "flash", size - flash))
                 flash = 0
-        if sizes["trainable"] > 0:
-            items.append(("trainable tensors", sizes["trainable"]))
     elif constants > 0:
         items.append(("constants", constants))
     if sizes["runtime"] > 0 and include_runtime:

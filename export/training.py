@@ -64,6 +64,7 @@ def to_training_program(
     quantize: str | None = None,
     check_images: Tensor | None = None,
     check_steps: int = 20,
+    pack_masks: bool = True,
 ) -> ExportReport:
     """Export one adaptation step of `adapter` for batches shaped like `example`.
 
@@ -79,6 +80,9 @@ def to_training_program(
     lr (`adapt_check.check_adaptation`); a program whose weights do not move, whose
     predictions are constant or that parts from eager raises AdaptationCheckError and is not
     written.
+
+    `pack_masks`: keep the ReLU masks the backward reads as bits (`bit_packed_masks`: exact,
+    an eighth of their bytes in the arena, a few more instructions); off only to compare.
     """
     from executorch.exir import to_edge
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -87,7 +91,9 @@ def to_training_program(
     from edgeadapt.export.arena_peak import arena_peak
     from edgeadapt.export.executorch_program import capture, write_pte
     from edgeadapt.export.memory_plan import backend_config
+    from edgeadapt.export.shared_values import share_constant_values
     from edgeadapt.export.training_passes import (
+        bit_packed_masks,
         input_free_conv_backward,
         training_indices_without_buffer_mutations,
     )
@@ -102,12 +108,15 @@ def to_training_program(
     try:
         exported = _export_forward_backward(capture(step, inputs))
         input_free_conv_backward(exported)
+        if pack_masks:
+            bit_packed_masks(exported)
         config = backend_config(profile)
         if mutable:  # without it a mutated buffer's initial value is not written to the file
             config.passes.append(InitializedMutableBufferPass(list(mutable)))
         with training_indices_without_buffer_mutations():
             manager = to_edge(exported).to_executorch(config)
-        data = manager.buffer
+        # Scalar arguments shared between instructions: fewer runtime tables on the device.
+        data, _ = share_constant_values(manager.buffer)
         peak = arena_peak(manager)
     except ExportError:
         raise

@@ -9,6 +9,10 @@ gradient with the weights, which reads no activation; writing it so frees them.
 Weights computed from constants (an int8 weight dequantized in the graph) are computed again
 right before the backward convolution instead of being kept from the forward: one fp32
 weight alive at a time, not all of them.
+
+A ReLU's mask (`x > 0`, a bool byte per element) is kept from the forward for the backward;
+packed eight to a byte it takes an eighth of that, and unpacking it right before its
+backward use gives back exactly the same mask.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "bit_packed_masks",
     "defer_constant_ops",
     "input_free_conv_backward",
     "training_indices_without_buffer_mutations",
@@ -75,6 +80,73 @@ def input_free_conv_backward(exported: Any) -> int:
     graph.lint()
     exported.graph_module.recompile()
     return rewritten
+
+
+def bit_packed_masks(exported: Any, *, min_gap: int = 8, min_elements: int = 4096) -> int:
+    """Keep, in place, each bool tensor the backward reads long after the forward made it
+    (a ReLU mask) as bits: packed (8 elements a byte, uint8) right after it is made, unpacked
+    right before each later use. Exact; returns how many masks are kept packed.
+
+    A use counts as later when more than `min_gap` nodes separate it from the mask (the
+    forward's own `where` is next to it). A mask whose element count is not a multiple of 8
+    stays as it is, and so does one under `min_elements`: each packed mask adds seven
+    instructions, whose runtime tables (~1 KB on a 32-bit target) would outweigh the bytes a
+    small mask saves. Packing: `sum(mask · [1, 2, …, 128], dim=1)` over rows of 8; unpacking:
+    `(packed & [1, 2, …, 128]) != 0` -- ops every ExecuTorch kernel library has, and one
+    shared weight vector made in the graph (`2 ** arange(8)`), so no constant is added."""
+    graph = exported.graph_module.graph
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    masks = []
+    for node in graph.nodes:
+        val = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(val, torch.Tensor):
+            continue
+        if val.dtype != torch.bool or val.numel() % 8 or val.numel() < min_elements:
+            continue
+        late = [u for u in node.users if order[u] - order[node] > min_gap]
+        if late:
+            masks.append((node, late))
+    if not masks:
+        return 0
+    fake = getattr(masks[0][0].meta["val"], "fake_mode", None)
+    with fake or contextlib.nullcontext():
+        _pack_and_unpack(graph, masks)
+    graph.lint()
+    exported.graph_module.recompile()
+    return len(masks)
+
+
+def _pack_and_unpack(graph: Any, masks: list[tuple[Any, list[Any]]]) -> None:
+    aten = torch.ops.aten
+    first = next(n for n in graph.nodes if n.op != "placeholder")
+    with graph.inserting_before(first):
+        exponents = _call(graph, aten.arange.default, (8,), {"dtype": torch.uint8})
+        bits = _call(graph, aten.pow.Scalar, (2, exponents))  # 1, 2, 4, ..., 128 (uint8)
+    for mask, late in masks:
+        shape = list(mask.meta["val"].shape)
+        rows = mask.meta["val"].numel() // 8
+        with graph.inserting_after(mask):
+            grouped = _call(graph, aten.view.default, (mask, [rows, 8]))
+        with graph.inserting_after(grouped):
+            weighted = _call(graph, aten.mul.Tensor, (grouped, bits))  # bool · uint8: uint8
+        with graph.inserting_after(weighted):
+            packed = _call(graph, aten.sum.dim_IntList, (weighted, [1]), {"dtype": torch.uint8})
+        for user in late:
+            with graph.inserting_before(user):
+                column = _call(graph, aten.view.default, (packed, [rows, 1]))
+                masked = _call(graph, aten.bitwise_and.Tensor, (column, bits))
+                flags = _call(graph, aten.ne.Scalar, (masked, 0))
+                unpacked = _call(graph, aten.view.default, (flags, shape))
+            user.replace_input_with(mask, unpacked)
+
+
+def _call(graph: Any, target: Any, args: tuple, kwargs: dict | None = None) -> Any:
+    """A call_function node with its `val` metadata (what later passes and the memory
+    planner read), computed on the inputs' fake values (under their fake mode)."""
+    node = graph.call_function(target, args, kwargs or {})
+    vals = [a.meta["val"] if hasattr(a, "meta") else a for a in args]
+    node.meta["val"] = target(*vals, **(kwargs or {}))
+    return node
 
 
 def _constant_names(exported: Any) -> set[str]:

@@ -22,6 +22,7 @@ from .messages import (
     DeviceInfo,
     ErrorReport,
     InferResult,
+    Memory,
     Stats,
     StreamCredit,
     StreamResult,
@@ -123,7 +124,7 @@ class DeviceModel:
     @property
     def capabilities(self) -> Capability:
         """What this double can do: run a stream or a step only with a callable to run."""
-        caps = Capability.UPLOAD | Capability.ADAPTER_IO
+        caps = Capability.UPLOAD | Capability.ADAPTER_IO | Capability.MEMORY_REPORT
         if self.infer_fn is not None:
             caps |= Capability.INFER | Capability.STREAM
         if self.adapt_fn is not None:
@@ -337,6 +338,13 @@ class DeviceModel:
     def _on_get_stats(self, msg: Message, seq: int) -> Replies:
         self.counts["uptime_ms"] = int((time.monotonic() - self._born) * 1000)
         return [(Stats(**{k: v & 0xFFFFFFFF for k, v in self.counts.items()}), seq)]
+
+    def memory_report(self) -> Memory:
+        """MEMORY: a double runs callables, not programs, so it has no figure to report."""
+        return Memory(*([0] * len(fields(Memory))))
+
+    def _on_get_memory(self, msg: Message, seq: int) -> Replies:
+        return [(self.memory_report(), seq)]
 
     def _on_reset(self, msg: Message, seq: int) -> Replies:
         if msg.kind == ResetKind.ADAPTER:

@@ -1,4 +1,4 @@
-"""Session and housekeeping messages: HELLO, DEVICE_INFO, STATS, RESET, ACK, NAK,
+"""Session and housekeeping messages: HELLO, DEVICE_INFO, STATS, MEMORY, RESET, ACK, NAK,
 IN_PROGRESS, ERROR."""
 
 from __future__ import annotations
@@ -7,15 +7,17 @@ from dataclasses import dataclass
 
 from .message_base import Message
 from .message_base import layout as _s
-from .protocol import MAX_PROFILE_NAME, MsgType
+from .protocol import MAX_PROFILE_NAME, MemoryFlag, MsgType
 
 __all__ = [
     "Ack",
     "DeviceInfo",
     "ErrorReport",
+    "GetMemory",
     "GetStats",
     "Hello",
     "InProgress",
+    "Memory",
     "Nak",
     "Reset",
     "Stats",
@@ -77,6 +79,46 @@ class Stats(Message):
     duplicates: int  # retransmitted requests answered from the cache
     infer_count: int
     adapt_steps: int
+
+
+@dataclass(frozen=True)
+class GetMemory(Message):
+    TYPE = MsgType.GET_MEMORY
+
+
+@dataclass(frozen=True)
+class Memory(Message):
+    """What the device's memory holds, as the firmware measured it (docs §4 GET_MEMORY).
+
+    Per resident program (`program_*`: the inference program, `training_*`: the adaptation
+    step): its planned arenas (the sum of MethodMeta's planned buffer sizes), the bytes its
+    method allocator handed out at load (the runtime's tables: values, instructions, kernel
+    slots), the largest temp-allocator use any run asked for, and the pools those two came
+    from. Then the firmware image and its stack. A figure is valid only where `flags` says
+    it was measured; the rest are 0 (a host build has no fixed image; the emulator runs no
+    C++ runtime)."""
+
+    TYPE = MsgType.MEMORY
+    LAYOUT = _s("16I")
+    flags: int  # MemoryFlag
+    program_planned: int
+    program_method_used: int
+    program_method_pool: int
+    program_temp_peak: int
+    program_temp_pool: int
+    training_planned: int
+    training_method_used: int
+    training_method_pool: int
+    training_temp_peak: int
+    training_temp_pool: int
+    stack_high_water: int  # the deepest the main stack has been since boot
+    stack_size: int
+    text_bytes: int  # code and read-only data in flash
+    data_bytes: int  # initialised RAM (its initial values also take flash)
+    bss_bytes: int  # zeroed RAM, the static pools included
+
+    def measured(self, flag: MemoryFlag) -> bool:
+        return bool(self.flags & flag)
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,13 @@ from .messages import (
     Adapt,
     AdaptResult,
     DeviceInfo,
+    GetMemory,
     GetStats,
     GetUpload,
     Hello,
     Infer,
     InferResult,
+    Memory,
     Reset,
     Stats,
     StreamResult,
@@ -48,6 +50,7 @@ from .protocol import (
     DEFAULT_MAX_PAYLOAD,
     MIN_MAX_PAYLOAD,
     PROTOCOL_VERSION,
+    Capability,
     ErrorCode,
     MsgType,
     ResetKind,
@@ -257,6 +260,19 @@ class BridgeClient:
 
     def stats(self) -> Stats:
         return self.request(GetStats(), Stats)
+
+    def memory(self) -> Memory:
+        """GET_MEMORY: what the resident programs and the firmware take, as measured there.
+        A device without the MEMORY_REPORT capability (an older firmware) is answered here
+        as it would answer: a `DeviceError` UNKNOWN_MESSAGE, without a round trip."""
+        info = self.info if self.info is not None and not self._handshake_due else self.connect()
+        if not info.capabilities & Capability.MEMORY_REPORT:
+            raise DeviceError(
+                ErrorCode.UNKNOWN_MESSAGE, int(MsgType.GET_MEMORY),
+                "this firmware does not report memory (no MEMORY_REPORT capability in its "
+                "DEVICE_INFO): update it",
+            )  # fmt: skip
+        return self.request(GetMemory(), Memory)
 
     def reset(self, kind: ResetKind = ResetKind.ADAPTER) -> None:
         """RESET. REBOOT is acknowledged before the device restarts; the next call then

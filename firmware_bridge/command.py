@@ -1,4 +1,4 @@
-"""`edgeadapt device list|info|deploy|infer|validate|stream|pull-adapter`: thin shells over
+"""`edgeadapt device list|info|memory|deploy|infer|validate|stream|pull-adapter`: thin shells over
 `BridgeClient` and `validation`. Wire it in with `register(subparsers)`.
 
 Exit codes: 0 done, 2 a typed error (message on stderr), 4 `validate` found a mismatch.
@@ -26,6 +26,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     q = _with_port(sub.add_parser("info", help="handshake; print DEVICE_INFO and STATS as JSON"))
     q.set_defaults(func=_info)
+
+    q = _with_port(sub.add_parser("memory", help="what the resident programs and the firmware "
+                                  "take, as the device measured it (JSON)"))  # fmt: skip
+    q.add_argument("--json", default=None, help="also write the report here")
+    q.set_defaults(func=_memory)
 
     q = _with_port(sub.add_parser("deploy", help="upload programs / adapter, activated atomically"))
     q.add_argument("--program", help="inference program (.pte)")
@@ -120,6 +125,14 @@ def _emit(data: Any, path: str | None) -> None:
         from edgeadapt._atomic import atomic_write_bytes
 
         atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from .memory_report import memory_dict
+
+    with _open(args) as dev:
+        _emit(memory_dict(dev.memory()), args.json)
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

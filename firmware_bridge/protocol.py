@@ -22,6 +22,7 @@ __all__ = [
     "Capability",
     "ErrorCode",
     "Flag",
+    "MemoryFlag",
     "MsgType",
     "NakReason",
     "ResetKind",
@@ -68,6 +69,7 @@ class MsgType(IntEnum):
     GET_STATS = 0x0B
     RESET = 0x0C
     GET_UPLOAD = 0x0D
+    GET_MEMORY = 0x0E
     DEVICE_INFO = 0x81
     UPLOAD_STATUS = 0x82
     INFER_RESULT = 0x85
@@ -77,6 +79,7 @@ class MsgType(IntEnum):
     ADAPTER_CHUNK = 0x8A
     STATS = 0x8B
     UPLOAD_OUTCOME = 0x8D
+    MEMORY = 0x8E
     ACK = 0xF0
     NAK = 0xF1
     IN_PROGRESS = 0xF2  # keep-alive: the request is being worked on; its answer follows
@@ -104,6 +107,18 @@ class Capability(IntFlag):
     ADAPT = 0x04
     STREAM = 0x08
     ADAPTER_IO = 0x10  # GET_ADAPTER and UPLOAD with target ADAPTER
+    MEMORY_REPORT = 0x20  # GET_MEMORY: what the loaded programs and the firmware take
+
+
+class MemoryFlag(IntFlag):
+    """MEMORY's `flags`: which figures the device filled in (the others are 0)."""
+
+    NONE = 0
+    PROGRAM = 0x01  # an inference program is resident: program_planned
+    TRAINING = 0x02  # a training program is resident: training_planned
+    RUNTIME = 0x04  # method allocator and temp figures come from the C++ runtime's allocators
+    STACK = 0x08  # stack_high_water / stack_size measured (a painted stack)
+    IMAGE = 0x10  # text / data / bss from the firmware's own linker symbols
 
 
 class Target(IntEnum):

@@ -14,8 +14,9 @@ the inference program with the portable kernels, the training program with
 `to_training_program`. The stream is CIFAR-10 (JPEG) test images, shuffled once (seed 0),
 with gaussian noise at severity 5, sent as u8-affine frames (lossless for pixels); the eager
 adapter and the host's ExecuTorch runtime (TrainingRunner, plain SGD) see the same decoded
-floats. The device's memory comes from its ELF and its pools (the protocol has no memory
-report); its counters from GET_STATS.
+floats. The device's memory comes from its own report over the protocol (GET_MEMORY, asked
+after the stream: `edgeadapt device memory`), checked against its ELF's section table; its
+counters from GET_STATS.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def run(args) -> dict:
         decode_output,
         pixels_to_u8_affine,
     )
+    from edgeadapt.firmware_bridge.memory_report import memory_dict
 
     qs = _qemu_server()
     work = args.work
@@ -144,6 +146,7 @@ def run(args) -> dict:
             results = list(client.stream(data, adapt=True, window=args.window))
             stream_s = time.perf_counter() - t0
             stats = client.stats()
+            reported = memory_dict(client.memory())
             info = client.info
         finally:
             client.close()
@@ -195,7 +198,7 @@ def run(args) -> dict:
         "per_frame_max_abs_diff_vs_eager": [round(float(v), 8) for v in per_frame],
     }  # fmt: skip
     result["device"] = {"info": vars(info), "stats": vars(stats), "console": console,
-                        "memory": memory(elf, qs)}  # fmt: skip
+                        "memory": memory(elf, qs), "reported": reported}  # fmt: skip
     result["meta"] = {
         "lr": lr, "config": "EcoTTAConfig.device()", "frames": args.frames,
         "window": args.window, "corruption": "gaussian_noise 5", "slowdown": args.slowdown,
@@ -294,10 +297,11 @@ def markdown(r: dict) -> str:
         f"{h['max_abs_logit_diff']:.3g}, adapter {h['adapter_max_abs_diff']:.3g} |",
         f"| accuracy on the stream (device / eager) | {s['accuracy_device']:.2f} / "
         f"{s['accuracy_eager']:.2f} |", "",
+        *reported_table(r["device"].get("reported")),
         f"Memory (ELF): code+constants {sec.get('.text', 0):,} B, .data {sec.get('.data', 0):,} B, "
         f"stack {sec.get('.stack', 0):,} B, static pools (.bss) {sec.get('.bss', 0):,} B, upload "
         f"flash region {sec.get('.ea_flash', 0):,} B ({m['flash_advertised']:,} B advertised, "
-        "A/B). The protocol has no memory report; GET_STATS counters are in the JSON.", "",
+        "A/B). GET_STATS counters are in the JSON.", "",
         f"The device follows the eager adapter to 1e-4 in logits up to frame {first}; where it "
         "departs, compare the host's own runtime given a first frame changed by 1e-6 (the row "
         "above; per-frame figures of both in the JSON): the adaptation amplifies "
@@ -307,6 +311,25 @@ def markdown(r: dict) -> str:
         f"{r['meta']['corruption']}, device --slowdown {r['meta']['slowdown']}, host timeout "
         f"{r['meta']['timeout_s']} s.", "",
     ])  # fmt: skip
+
+
+def reported_table(rep: dict | None) -> list[str]:
+    """Markdown rows for what the firmware reported over GET_MEMORY (none: an older result)."""
+    if not rep:
+        return []
+    rows = ["What the firmware reports over the protocol (`edgeadapt device memory`, "
+            "GET_MEMORY; measured by its allocators, its painted stack and its linker symbols):",
+            "", "| program | planned arenas | method allocator (runtime tables) | temp peak "
+            "| sum |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for role, p in rep["programs"].items():
+        rows.append(f"| {role} | {p['planned_arena_bytes']:,} B | "
+                    f"{p['method_allocator_used_bytes']:,} B | {p['temp_allocator_peak_bytes']:,} B "
+                    f"| {p['program_ram_bytes']:,} B |")  # fmt: skip
+    f = rep["firmware"]
+    rows += ["", f"Firmware: stack high-water {f['stack_high_water_bytes']:,} of "
+             f"{f['stack_bytes']:,} B; text {f['text_bytes']:,} B, data {f['data_bytes']:,} B, "
+             f"bss {f['bss_bytes']:,} B (the static pools included).", ""]  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import collections
 import logging
 import random
 import time
+from dataclasses import fields
 from typing import Any, ClassVar
 
 import torch
@@ -30,8 +31,8 @@ from ..fake_device import FakeDevice
 from ..flash import Flash
 from ..framing import Frame
 from ..message_base import ENVELOPE, Message
-from ..messages import Ack, AdaptResult, InferResult, StreamCredit, StreamResult
-from ..protocol import Capability, Target
+from ..messages import Ack, AdaptResult, InferResult, Memory, StreamCredit, StreamResult
+from ..protocol import Capability, MemoryFlag, Target
 from ..protocol import ErrorCode as E
 from .faults import SET_FAULTS, Faults, SetFaults
 from .payloads import decode_input, encode_output, raw_size
@@ -70,7 +71,21 @@ class EmulatedDevice(FakeDevice):
     @property
     def capabilities(self) -> Capability:
         return (Capability.UPLOAD | Capability.INFER | Capability.ADAPT | Capability.STREAM
-                | Capability.ADAPTER_IO)  # fmt: skip
+                | Capability.ADAPTER_IO | Capability.MEMORY_REPORT)  # fmt: skip
+
+    def memory_report(self) -> Memory:
+        """The resident programs' planned arenas, from their memory plans. The emulator runs
+        the Python runtime, so it has no method-allocator, stack or image figure to give."""
+        figures = dict.fromkeys((f.name for f in fields(Memory)), 0)
+        flags = MemoryFlag.NONE
+        for target, prefix, flag in ((Target.PROGRAM, "program", MemoryFlag.PROGRAM),
+                                     (Target.TRAINING, "training", MemoryFlag.TRAINING)):  # fmt: skip
+            loaded = self.programs.program(target)
+            if loaded is not None:
+                figures[f"{prefix}_planned"] = sum(loaded.arenas)
+                flags |= flag
+        figures["flags"] = int(flags)
+        return Memory(**figures)
 
     # -- power ------------------------------------------------------------------------------
 

@@ -127,3 +127,26 @@ def test_memory_budget_and_bad_programs_are_refused(client, programs) -> None:
     assert err.value.code == ErrorCode.BAD_ARGUMENT
     x = batches(1)[0]
     assert torch.equal(device_infer(client, x), _host_infer(programs.infer)(x))
+
+
+def test_memory_report_gives_each_resident_programs_plan(client, programs) -> None:
+    from edgeadapt.export.executorch_program import program_memory
+    from edgeadapt.firmware_bridge.memory_report import memory_dict
+    from edgeadapt.firmware_bridge.protocol import MemoryFlag
+
+    client.adapt(encode_raw(batches(1, seed=9)[0]), frame_id=90)  # the step's kernels have run
+    mem = client.memory()
+    assert mem.measured(MemoryFlag.PROGRAM) and mem.measured(MemoryFlag.TRAINING)
+    assert mem.program_planned == sum(program_memory(programs.infer)[0])
+    assert mem.training_planned == sum(program_memory(programs.train)[0])
+    report = memory_dict(mem)
+    step = report["programs"]["training"]
+    if mem.measured(MemoryFlag.RUNTIME):  # the native device: its allocators' own counts
+        assert 0 < step["method_allocator_used_bytes"] <= step["method_allocator_pool_bytes"]
+        assert 0 <= step["temp_allocator_peak_bytes"] <= step["temp_allocator_pool_bytes"]
+        assert step["program_ram_bytes"] > step["planned_arena_bytes"]
+    else:  # the emulator runs the Python runtime: no figure it did not measure
+        assert set(step) == {"planned_arena_bytes"}
+        assert mem.training_method_used == 0
+    # A host build has neither a painted stack nor a fixed image: nothing claimed for them.
+    assert report["firmware"] == {} and not mem.measured(MemoryFlag.STACK | MemoryFlag.IMAGE)

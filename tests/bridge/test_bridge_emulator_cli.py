@@ -37,6 +37,11 @@ def test_device_commands(port, tmp_path, capsys) -> None:
     assert code == 0 and "program:" in out and "training:" in out
     code, out = _run(capsys, "device", "info", "--port", port)
     assert code == 0 and json.loads(out)["device_info"]["profile"] == "stm32h743"
+    code, out = _run(capsys, "device", "memory", "--port", port, "--json", str(tmp_path / "m.json"))
+    memory = json.loads(out)
+    assert code == 0 and memory == json.loads((tmp_path / "m.json").read_text())
+    assert {"program", "training"} <= set(memory["measured"])
+    assert memory["programs"]["training"]["planned_arena_bytes"] > 0
     report = tmp_path / "validate.json"
     code, out = _run(capsys, "device", "validate", "--port", port, "--program", plain,
                      "--n", "2", "--report", str(report))  # fmt: skip

@@ -28,6 +28,8 @@ SAMPLES = [
     m.AdapterChunk(10_000, 0xABCDEF01, 4084, b"w" * 100),
     m.GetStats(),
     m.Stats(1, 2, 3, 4, 5, 6, 7, 8, 9),
+    m.GetMemory(),
+    m.Memory(0x1F, *range(1, 16)),
     m.Reset(2, 77),
     m.GetUpload(),
     m.UploadOutcome(2, 0, 1000, 0xDEAD, 1000, 55, 0, 0),

@@ -114,3 +114,36 @@ def test_report_says_what_the_arena_holds_at_its_peak(program):
     assert peak["by_role"]["kept masks"] > 0 and peak["by_role"]["kept activations"] > 0
     largest = peak["largest"]
     assert [t["bytes"] for t in largest] == sorted((t["bytes"] for t in largest), reverse=True)
+
+
+def test_bit_packed_masks_are_exact_and_shrink_the_arena(program, tmp_path):
+    """The ReLU masks kept for the backward, packed 8 to a byte: the same step bit for bit,
+    a smaller arena, and the report counts the packed masks as masks."""
+    _, packed = program
+    plain = to_training_program(_ecotta(), _stream()[0], tmp_path / "plain.pte", pack_masks=False)
+    packed_masks, plain_masks = (r.arena_peak["by_role"]["kept masks"] for r in (packed, plain))
+    assert 0 < packed_masks < plain_masks / 4
+    assert packed.total_arena_bytes < plain.total_arena_bytes
+    runners = [TrainingRunner(r.path, lr=LR) for r in (packed, plain)]
+    for x in _stream()[:3]:
+        (a, loss_a, _), (b, loss_b, _) = (r.step(x) for r in runners)
+        assert torch.equal(a, b) and loss_a == loss_b
+    got, want = (r.parameters() for r in runners)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_trainable_tensors_live_in_the_planned_arena(program):
+    """The fit check counts a training program's trainable tensors once, inside its arena: the
+    program must plan every parameter it returns (a constant-segment parameter would need RAM
+    of its own, and the firmware refuses such a program)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    _, report = program
+    loaded = deserialize_pte_binary(report.path.read_bytes())
+    plans = {p.name: p for p in getattr(loaded, "program", loaded).execution_plan}
+    first = plans["__et_training_parameters_index_forward"].values[0].val.int_val
+    forward = plans["forward"]
+    params = [forward.values[i].val for i in forward.outputs[first:]]
+    assert params and all(t.allocation_info is not None for t in params)
+    planned = sum(4 * torch.Size(t.sizes).numel() for t in params)
+    assert 0 < planned == report.trainable_bytes <= report.total_arena_bytes

@@ -39,6 +39,25 @@ def test_linker_script_has_the_parts_banks() -> None:
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(origins)), "banks overlap in QEMU"
 
 
+def test_blob_changes_when_the_program_changes_in_place(tmp_path, monkeypatch) -> None:
+    """No toolchain needed: ninja does not see through `.incbin`, so the blob's source must
+    change when a .pte is re-exported to the same path, or the firmware keeps the old copy
+    (it did: a benchmark measured a program the exporter had since replaced)."""
+    monkeypatch.setattr(mcu, "input_numel", lambda pte: 4)
+    pte, inputs = tmp_path / "p.pte", tmp_path / "inputs.bin"
+    pte.write_bytes(b"first program")
+    inputs.write_bytes(bytes(16))
+    prog = mcu.Program("p", pte, ("an500",), inputs)
+    profile = mcu.load_profile("stm32f746")
+    before = mcu._blob(prog, profile, ["SRAM1"], [64])
+    assert mcu._blob(prog, profile, ["SRAM1"], [64]) == before  # unchanged input, no rebuild
+    pte.write_bytes(b"second program")
+    assert mcu._blob(prog, profile, ["SRAM1"], [64]) != before
+    after_pte = mcu._blob(prog, profile, ["SRAM1"], [64])
+    inputs.write_bytes(bytes([1]) * 16)
+    assert mcu._blob(prog, profile, ["SRAM1"], [64]) != after_pte
+
+
 MISSING = (
     f"firmware toolchain missing: {', '.join(mcu.missing_tools())} "
     "(apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build)"

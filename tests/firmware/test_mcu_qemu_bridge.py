@@ -94,6 +94,7 @@ def test_deploy_validate_stream_and_pull_match_eager(device, tmp_path, capsys) -
                    "--state-dict", str(state))  # fmt: skip
     pulled = torch.load(state, weights_only=True)
     assert code == 0 and set(pulled) == set(blob_to_state(blob.read_bytes()))
+    _check_memory_report(capsys, dev, progs)
 
     # The host's eager adapter on the same frames, batch by batch, from the program's state.
     adapter = progs["adapter"]
@@ -110,6 +111,27 @@ def test_deploy_validate_stream_and_pull_match_eager(device, tmp_path, capsys) -
         torch.testing.assert_close(value, eager[name], atol=1e-5, rtol=1e-4, msg=name)
     moved = max(float((pulled[k] - progs["initial"][f"model.{k}"]).abs().max()) for k in pulled)
     assert moved > 1e-4, "the device's SGD did not move the weights"
+
+
+def _check_memory_report(capsys, dev, progs) -> None:
+    """`device memory` on the Cortex-M7 build: every figure measured, and each equal to what
+    the program's plan and the ELF's own section table say."""
+    from edgeadapt.export.executorch_program import program_memory
+
+    code, out = _cli(capsys, "device", "memory", "--port", dev.port)
+    memory = json.loads(out)
+    assert code == 0 and memory["measured"] == ["program", "training", "runtime", "stack", "image"]
+    for role, key in (("inference", "infer"), ("training", "train")):
+        got = memory["programs"][role]
+        assert got["planned_arena_bytes"] == sum(program_memory(progs[key].read_bytes())[0])
+        assert 0 < got["method_allocator_used_bytes"] <= got["method_allocator_pool_bytes"]
+        assert got["temp_allocator_peak_bytes"] <= got["temp_allocator_pool_bytes"]
+    firmware = memory["firmware"]
+    assert 0 < firmware["stack_high_water_bytes"] < firmware["stack_bytes"]
+    sections, _ = qs.mcu._sizes(dev.elf)
+    assert firmware["text_bytes"] == sections[".text"] + sections.get(".ARM.exidx", 0)
+    assert firmware["data_bytes"] == sections[".data"]
+    assert firmware["bss_bytes"] == sections[".bss"]
 
 
 def test_reboot_keeps_the_committed_programs(device) -> None:

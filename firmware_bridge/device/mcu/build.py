@@ -305,11 +305,18 @@ def _kernel_sources(et_root: Path, yaml_path: Path, cpu_dir: Path, ops: list[str
     return found, sorted(files)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _blob(prog: Program, profile: Profile, banks: list[str], sizes: list[int]) -> str:
     table = "\n".join(f"  .word ea_arena_{i}, {n}" for i, n in enumerate(sizes))
     arenas = "\n".join(f'  .section .arena.{bank},"aw",%nobits\n  .balign 16\nea_arena_{i}:'
                        f" .space {max(n, 16)}" for i, (bank, n) in enumerate(zip(banks, sizes)))  # fmt: skip
-    return f"""/* {prog.name} for {profile.name}: written by build.py */
+    # The digests make this file change when a .pte or its inputs change in place: ninja does
+    # not see through .incbin, so without them a rebuilt program kept the firmware's old copy.
+    digests = f"pte sha256 {_sha256(prog.pte)}, inputs sha256 {_sha256(prog.inputs)}"
+    return f"""/* {prog.name} for {profile.name}: written by build.py; {digests} */
   .section .rodata.ea_pte,"a"
   .balign 64
   .global ea_pte, ea_pte_end

@@ -57,8 +57,9 @@ FLASH_CAPACITY = 4 << 20  # advertised in DEVICE_INFO; the region holds twice th
 FLASH_REGION = 6 * 4096 + 2 * FLASH_CAPACITY  # flash_store.h's layout
 STACK_BYTES = 32 * 1024
 # Static pools (programs.cpp, server.cpp), sized for ResNet-20 training programs: EcoTTA's
-# step plans 938,704 B of arenas and takes 199,400 B of method tables (benchmarks/firmware),
-# Tent's 1,061,328 B and 121,472 B; the temp allocator was measured at < 1 KB.
+# step plans 855,248 B of arenas in one bank (GET_MEMORY, benchmarks/firmware/stream_qemu.md)
+# and takes 151,724 B of method tables (results.md); Tent's, planned for the STM32H743's
+# banks, 900,064 B and 100,140 B; the temp allocator peaked at 201 B.
 POOLS = {
     "EA_PLANNED_POOL_BYTES": 1280 << 10,
     "EA_METHOD_POOL_BYTES": 512 << 10,
@@ -82,10 +83,11 @@ MEMORY
 ENTRY(Reset_Handler)
 SECTIONS
 {{
-  .text : {{ KEEP(*(.vectors)) *(.text*) *(.rodata*) . = ALIGN(4);
+  .text : {{ __text_start = .; KEEP(*(.vectors)) *(.text*) *(.rodata*) . = ALIGN(4);
     __init_array_start = .; KEEP(*(SORT(.init_array.*))) KEEP(*(.init_array))
     __init_array_end = .; }} > FLASH
   .ARM.exidx : {{ *(.ARM.exidx*) }} > FLASH
+  __text_end = ADDR(.ARM.exidx) + SIZEOF(.ARM.exidx);  /* GET_MEMORY's text_bytes */
   .stack (NOLOAD) : ALIGN(8) {{ __stack_bottom = .; . += {STACK_BYTES}; __stack_top = .; }} > RAM
   .data : ALIGN(4) {{ __data_start = .; *(.data*) *(.got*) . = ALIGN(4); __data_end = .; }} > RAM AT > FLASH
   __data_load = LOADADDR(.data);
@@ -187,6 +189,7 @@ class QemuDevice:
         slowdown: float = 4.0,
         start_timeout: float = 60.0,
     ) -> None:
+        self.elf = elf
         args = [f"--lr={lr!r}", f"--keepalive-ms={keepalive_ms}",
                 f"--max-payload={max_payload}", f"--slowdown={slowdown!r}"]  # fmt: skip
         semi = ",".join(["enable=on", "target=native", "arg=bridge", *(f"arg={a}" for a in args)])

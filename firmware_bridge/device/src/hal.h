@@ -37,6 +37,17 @@ uint32_t ea_hal_clock_ms(void);
 /* A random u32 (boot id, session): a hardware RNG or a seeded source. */
 uint32_t ea_hal_random_u32(void);
 
+/* What the firmware image and its stack take, for GET_MEMORY. Fill what the platform can
+ * measure and return which: EA_HAL_MEMORY_STACK (a painted stack: its size and deepest use
+ * since boot), EA_HAL_MEMORY_IMAGE (text, data, bss from the linker's symbols); 0 when it
+ * can measure neither (a hosted build: no fixed image, a stack the OS grows). */
+#define EA_HAL_MEMORY_STACK 1u
+#define EA_HAL_MEMORY_IMAGE 2u
+typedef struct {
+  uint32_t stack_high_water, stack_size, text_bytes, data_bytes, bss_bytes;
+} ea_hal_memory_t;
+uint32_t ea_hal_memory(ea_hal_memory_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -138,4 +138,9 @@ uint32_t ea_hal_random_u32(void) {
   return v;
 }
 
+uint32_t ea_hal_memory(ea_hal_memory_t *out) {
+  *out = ea_hal_memory_t{};
+  return 0;  // a process: the OS sizes its stack and maps its image; nothing fixed to report
+}
+
 }  // extern "C"

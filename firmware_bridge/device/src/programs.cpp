@@ -64,6 +64,19 @@ alignas(64) uint8_t g_planned_pool[kSlots][EA_PLANNED_POOL_BYTES];
 alignas(64) uint8_t g_temp_pool[kSlots][EA_TEMP_POOL_BYTES];
 alignas(8) uint8_t g_blob[EA_ADAPTER_MAX_BYTES];
 
+// The temp allocator keeps its high-water mark: the runtime resets it between instructions,
+// so used_size() afterwards says nothing about what a kernel needed.
+class PeakAllocator : public MemoryAllocator {
+ public:
+  using MemoryAllocator::MemoryAllocator;
+  void *allocate(size_t size, size_t alignment) override {
+    void *p = MemoryAllocator::allocate(size, alignment);
+    if (used_size() > peak) peak = used_size();
+    return p;
+  }
+  size_t peak = 0;
+};
+
 struct Param {
   const char *name;  // in the program's flatbuffer (flash), without the "model." prefix
   uint32_t name_len;
@@ -79,7 +92,8 @@ struct Slot {
   std::optional<BufferDataLoader> loader;
   std::optional<Program> program;
   std::optional<Method> method;
-  std::optional<MemoryAllocator> method_alloc, temp_alloc;
+  std::optional<MemoryAllocator> method_alloc;
+  std::optional<PeakAllocator> temp_alloc;
   std::optional<HierarchicalAllocator> planned;
   std::optional<MemoryManager> memory;
   Span<uint8_t> spans[kMaxPlanned];
@@ -425,6 +439,19 @@ uint32_t Programs::run_ms(int target) const {
 uint32_t Programs::size(int target) const {
   const Slot *s = role_slot(target);
   return s ? s->size : 0;
+}
+
+bool Programs::memory(int target, ProgramMemory *out) const {
+  const Slot *s = role_slot(target);
+  if (s == nullptr || !s->method_alloc || !s->temp_alloc) return false;
+  size_t planned = 0;
+  for (int i = 0; i < s->n_planned; ++i) planned += s->spans[i].size();
+  out->planned = static_cast<uint32_t>(planned);
+  out->method_used = static_cast<uint32_t>(s->method_alloc->used_size());
+  out->method_pool = EA_METHOD_POOL_BYTES;
+  out->temp_peak = static_cast<uint32_t>(s->temp_alloc->peak);
+  out->temp_pool = EA_TEMP_POOL_BYTES;
+  return true;
 }
 
 bool Programs::has_training_params() const { return role_slot(kTraining) != nullptr; }

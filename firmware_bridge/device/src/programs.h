@@ -31,6 +31,15 @@ namespace ea {
 
 constexpr int kMaxDims = 8;
 
+// What one resident program takes, measured by its allocators (GET_MEMORY).
+struct ProgramMemory {
+  uint32_t planned;      // its planned arenas: the sum of MethodMeta's buffer sizes
+  uint32_t method_used;  // the method allocator after load_method: the runtime's tables
+  uint32_t method_pool;
+  uint32_t temp_peak;    // the most any kernel asked of the temp allocator since load
+  uint32_t temp_pool;
+};
+
 struct Shape {
   int ndim;
   int32_t dims[kMaxDims];
@@ -60,6 +69,8 @@ class Programs {
   const Shape &input_shape(int target) const;
   uint32_t run_ms(int target) const;  // one run, measured (0: not yet)
   uint32_t size(int target) const;
+  // `target`'s program as its allocators measured it; false when none is resident.
+  bool memory(int target, ProgramMemory *out) const;
 
   // Adapter blobs (docs §4 "Adapter blob"). `candidate`: check against the candidate's
   // parameters instead of the active training program's.

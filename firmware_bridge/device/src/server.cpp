@@ -28,17 +28,17 @@ namespace {
 enum : uint8_t {
   kHello = 0x01, kUploadBegin = 0x02, kUploadChunk = 0x03, kUploadCommit = 0x04, kInfer = 0x05,
   kAdapt = 0x06, kStreamStart = 0x07, kStreamFrame = 0x08, kStreamStop = 0x09,
-  kGetAdapter = 0x0A, kGetStats = 0x0B, kReset = 0x0C, kGetUpload = 0x0D,
+  kGetAdapter = 0x0A, kGetStats = 0x0B, kReset = 0x0C, kGetUpload = 0x0D, kGetMemory = 0x0E,
   kDeviceInfo = 0x81, kUploadStatus = 0x82, kInferResult = 0x85, kAdaptResult = 0x86,
   kStreamCredit = 0x87, kStreamResult = 0x88, kAdapterChunk = 0x8A, kStats = 0x8B,
-  kUploadOutcome = 0x8D, kAck = 0xF0, kNak = 0xF1, kInProgress = 0xF2, kError = 0xFF,
+  kUploadOutcome = 0x8D, kMemory = 0x8E, kAck = 0xF0, kNak = 0xF1, kInProgress = 0xF2, kError = 0xFF,
 };
 constexpr uint8_t kVersion = EA_PROTOCOL_VERSION;
 constexpr uint8_t kRetry = 0x01;
 constexpr int kRecords = 16;
 constexpr int kMaxBatch = 256;
 constexpr uint32_t kMaxWindow = 8;
-constexpr uint32_t kCapabilities = 0x1F;  // UPLOAD, INFER, ADAPT, STREAM, ADAPTER_IO
+constexpr uint32_t kCapabilities = 0x3F;  // UPLOAD, INFER, ADAPT, STREAM, ADAPTER_IO, MEMORY_REPORT
 enum Counter { kUptime, kFramesRx, kFramesTx, kCrcErrors, kFramingErrors, kNaksSent,
                kDuplicates, kInferCount, kAdaptSteps, kCounters };
 
@@ -624,6 +624,26 @@ bool on_get_stats(uint16_t seq) {
   return true;
 }
 
+// MEMORY (docs §4): flags, then per role (PROGRAM, TRAINING) planned, method used / pool,
+// temp peak / pool, then stack high-water / size, text, data, bss.
+bool on_get_memory(uint16_t seq) {
+  enum : uint32_t { kProgramFlag = 1, kTrainingFlag = 2, kRuntimeFlag = 4, kStackFlag = 8, kImageFlag = 16 };
+  ProgramMemory pm[2] = {};
+  ea_hal_memory_t hm{};
+  uint32_t have = ea_hal_memory(&hm);
+  uint32_t flags = kRuntimeFlag | (have & EA_HAL_MEMORY_STACK ? kStackFlag : 0) |
+                   (have & EA_HAL_MEMORY_IMAGE ? kImageFlag : 0);
+  if (g_programs.memory(kProgram, &pm[0])) flags |= kProgramFlag;
+  if (g_programs.memory(kTraining, &pm[1])) flags |= kTrainingFlag;
+  Writer w{g_body, sizeof g_body};
+  w.u32(flags);
+  for (const ProgramMemory &p : pm)
+    for (uint32_t v : {p.planned, p.method_used, p.method_pool, p.temp_peak, p.temp_pool}) w.u32(v);
+  for (uint32_t v : {hm.stack_high_water, hm.stack_size, hm.text_bytes, hm.data_bytes, hm.bss_bytes}) w.u32(v);
+  reply(kMemory, seq, g_body, w.len);
+  return true;
+}
+
 bool on_reset(const uint8_t *m, uint16_t seq, Refusal *r) {
   uint8_t kind = m[0];
   if (kind == 0) {
@@ -676,7 +696,7 @@ constexpr Layout kLayouts[] = {
     {kUploadCommit, 9, false}, {kInfer, 4, true},        {kAdapt, 8, true},
     {kStreamStart, 3, false},  {kStreamFrame, 4, true},  {kStreamStop, 0, false},
     {kGetAdapter, 6, false},   {kGetStats, 0, false},    {kReset, 5, false},
-    {kGetUpload, 0, false},
+    {kGetUpload, 0, false},    {kGetMemory, 0, false},
 };
 
 bool serve(uint8_t type, const uint8_t *m, uint32_t len, uint16_t seq, Refusal *r) {
@@ -693,6 +713,7 @@ bool serve(uint8_t type, const uint8_t *m, uint32_t len, uint16_t seq, Refusal *
     case kStreamStop: return on_stream_stop(seq);
     case kGetAdapter: return on_get_adapter(m, seq, r);
     case kGetStats: return on_get_stats(seq);
+    case kGetMemory: return on_get_memory(seq);
     case kReset: return on_reset(m, seq, r);
     default: return refuse(r, kUnknownMessage, type, "0x%02X is not a request", type);
   }

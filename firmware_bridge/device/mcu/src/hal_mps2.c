@@ -14,6 +14,8 @@
  * millisecond count from SysTick interrupts fell behind (ticks are lost while QEMU is busy).
  * SysTick only wakes the core from WFI every millisecond so waits can time out. The DWT
  * cycle counter is not modelled by QEMU (reads 0).
+ * Memory: the painted stack (startup.c) and the image's extent from the linker script's
+ * symbols (qemu_server.py writes __text_start/__text_end around code and constants).
  * Random: no RNG on this board; a xorshift mixed with SysTick's current value at each call,
  * which depends on when the host's bytes arrived (not cryptographic; boot ids only).
  */
@@ -46,6 +48,7 @@
 #define TX_STALL_MS 2000u /* nobody drains the line: the bytes are lost, as on a UART */
 
 extern uint8_t __ea_flash_start[], __ea_flash_end[];
+extern uint8_t __text_start[], __text_end[], __data_start[], __data_end[], __bss_start[], __bss_end[];
 
 static uint64_t g_ticks;      /* timer ticks since init (main context only) */
 static uint32_t g_last_value; /* the down-counter at the last read */
@@ -152,4 +155,13 @@ uint32_t ea_hal_random_u32(void) {
   g_rand ^= g_rand >> 17;
   g_rand ^= g_rand << 5;
   return g_rand;
+}
+
+uint32_t ea_hal_memory(ea_hal_memory_t *out) {
+  out->stack_size = (uint32_t)ea_stack_size();
+  out->stack_high_water = (uint32_t)ea_stack_high_water();
+  out->text_bytes = (uint32_t)(__text_end - __text_start);
+  out->data_bytes = (uint32_t)(__data_end - __data_start);
+  out->bss_bytes = (uint32_t)(__bss_end - __bss_start);
+  return EA_HAL_MEMORY_STACK | EA_HAL_MEMORY_IMAGE;
 }

@@ -79,6 +79,7 @@ int main() {
   }
   line("method_used", static_cast<uint32_t>(f.method_used));
   line("method_pool", static_cast<uint32_t>(f.method_pool));
+  line("temp_pool", static_cast<uint32_t>(kTempBytes));  // reserved: the fit check counts it
   if (s != ea_mcu::kOk) return fail("load", s);
   line("parameters", static_cast<uint32_t>(runner.parameters()));
 

@@ -1,0 +1,44 @@
+"""Scalar arguments shared between instructions: fewer values, the same results."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeadapt.export.executorch_program import ExecuTorchRunner
+from edgeadapt.export.shared_values import share_constant_values
+
+
+class _Adds(nn.Module):
+    """Many ops with the same scalar arguments (alpha, dims, keepdim)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k in range(6):
+            x = torch.add(x, x * 0.5, alpha=2) - k
+            x = x - x.mean(dim=1, keepdim=True)
+        return x.sum(dim=(2, 3))
+
+
+def _plain_pte() -> bytes:
+    from executorch.exir import to_edge
+
+    exported = torch.export.export(_Adds(), (torch.randn(2, 3, 4, 4),))
+    return to_edge(exported).to_executorch().buffer
+
+
+def _values(data: bytes) -> int:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    plans = deserialize_pte_binary(data).program.execution_plan
+    return sum(len(p.values) for p in plans)
+
+
+def test_shared_values_give_the_same_outputs_with_fewer_values() -> None:
+    plain = _plain_pte()
+    shared, removed = share_constant_values(plain)
+    assert removed > 0 and _values(shared) == _values(plain) - removed
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    want = ExecuTorchRunner.from_bytes(plain).run(x)
+    assert torch.equal(ExecuTorchRunner.from_bytes(shared).run(x), want)
+    again, none = share_constant_values(shared)  # already shared: nothing left to do
+    assert none == 0 and again == shared
