@@ -15,6 +15,11 @@ Each program is a folder DIR/<name>/ holding the exporter's .pte and its --json 
         --quantize int8 --settings '{"frozen_bn":"batch","frozen_weights":"int8"}' \\
         --device stm32h743 --out DIR/ecotta_infer --json DIR/ecotta_infer/ecotta_infer.json
     edgeadapt export $C --method tent --program adapt --device stm32h743 --out DIR/tent_adapt ...
+    edgeadapt export $C --method ecotta --program adapt --settings '{"frozen_weights":"fp32"}' \
+        --device stm32h743 --out DIR/ecotta_adapt_fp32 ...
+    edgeadapt export $C --method ecotta --no-warmup --program infer --backend portable \
+        --settings '{"frozen_bn":"batch","frozen_weights":"fp32"}' --device stm32h743 \
+        --out DIR/ecotta_infer_fp32 ...
     (and the same with --device stm32f746 into DIR/<name>_f746: the arenas planned for its banks)
 
 Measured on the firmware, not estimated: the method allocator's used bytes after
@@ -167,6 +172,28 @@ def f746_budget(r: dict) -> dict:
     return {"items": items, "need": need, "have": F746_SRAM, "short": max(0, need - F746_SRAM)}
 
 
+def host_table(path: Path) -> list[str]:
+    """The same programs on the host build (host_run.py's host.json), where it was measured."""
+    if not path.is_file():
+        return []
+    h = json.loads(path.read_text())
+    out = ["## Host build (x86-64 Linux, the executorch wheel's runtime)", "",
+           f"Written by `benchmarks/firmware/host_run.py`: `{h['binary']}` (profile "
+           f"`{h['profile']}`), each program uploaded over the bridge protocol and run once, "
+           "its memory as the firmware reports it (GET_MEMORY). Code: .text of the binary and "
+           f"the runtime libraries it loads, {h['code_bytes']:,} B (every kernel: no "
+           "selective build). The method allocator holds 64-bit pointers here: compare the "
+           "Cortex-M7 rows above for an MCU. Stack: not measured (the OS grows it).", "",
+           "| program | .pte | arenas | method allocator used | runtime est. (32-bit) | "
+           "temp peak |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in h["rows"]:
+        est = f"{r['runtime_estimate']:,}" if r.get("runtime_estimate") else "-"
+        out.append(f"| {r['program']} | {r['pte_bytes']:,} | {r['planned_arena_bytes']:,} | "
+                   f"{r['method_allocator_used_bytes']:,} | {est} | "
+                   f"{r['temp_allocator_peak_bytes']:,} |")  # fmt: skip
+    return [*out, ""]
+
+
 def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str:
     out = ["# Firmware on a Cortex-M7 (QEMU mps2-an500), measured", "",
            f"ExecuTorch {meta['executorch']} runtime built with {meta['gcc']} for Cortex-M7 "
@@ -224,6 +251,7 @@ def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str
                    f"{r['data_bytes'] + r['bss_bytes']:,} | {fits} |")  # fmt: skip
     out += ["", "Code = .text less the linked-in .pte and inputs (runtime + kernels + runner); "
             ".bss excludes the arenas and the stack (own sections).", ""]  # fmt: skip
+    out += host_table(HERE / "host.json")
     if compares:
         out += ["## Device vs host", ""]
         for name, c in compares.items():

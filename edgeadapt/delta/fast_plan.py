@@ -166,8 +166,9 @@ def lower_cifar_resnet(
     """Lower a deltaified `CifarResNet` (eval-mode BN) to the integer `FastPlan`.
 
     The model reads frames normalised as (pixel/255 - mean)/std; the plan reads uint8 pixels.
-    Activations are clamped to `act_max` quantiser steps (deltaify calibrates 2**bits - 1
-    steps to the 99.9th percentile, so 255 clamps the top 0.1%).
+    Activations are clamped to `act_max` quantiser steps. deltaify calibrates 2**bits - 1
+    steps to the 99.9th percentile by default, so 255 clamps the top 0.1% of every channel,
+    which biases the logits; deltaify with `quantile=1.0` for this plan.
     """
     from edgeadapt.models.cifar_resnet import CifarResNet, PadShortcut
 

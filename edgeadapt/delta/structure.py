@@ -20,7 +20,7 @@ import copy
 
 from torch import Tensor, nn
 
-from edgeadapt.delta.deltaify import DEFAULT_ACTIVATIONS, _deltaify_modules
+from edgeadapt.delta.deltaify import DEFAULT_ACTIVATIONS, _deltaify_modules, check_quantile
 from edgeadapt.delta.quantize import DeltaActivation
 from edgeadapt.errors import InputError
 
@@ -33,15 +33,18 @@ def deltaify_modules(
     *,
     bits: int = 8,
     activation_types: tuple[type[nn.Module], ...] = DEFAULT_ACTIVATIONS,
+    quantile: float = 0.999,
 ) -> nn.Module:
     """A copy of `model` with a `DeltaActivation` after every activation module, in place.
 
-    Same calibration as `deltaify` (bits, per-channel 99.9th percentile); `model` is not
-    modified and the copy keeps its train/eval mode. See the module docstring for limits.
+    Same calibration as `deltaify` (bits, per-channel `quantile`, default the 99.9th
+    percentile); `model` is not modified and the copy keeps its train/eval mode. See the
+    module docstring for limits.
     """
     if not isinstance(example_input, Tensor):
         raise InputError(f"example_input must be a Tensor batch, got {type(example_input)}")
-    out = _deltaify_modules(copy.deepcopy(model), example_input, bits, activation_types)
+    check_quantile(quantile)
+    out = _deltaify_modules(copy.deepcopy(model), example_input, bits, activation_types, quantile)
     return out.train(model.training)
 
 

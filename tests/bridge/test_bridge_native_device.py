@@ -90,3 +90,29 @@ def test_flash_survives_kill_and_a_cut_off_upload_resumes(programs, tmp_path) ->
             assert torch.equal(got, ExecuTorchRunner.from_bytes(programs.infer).run(x))
         finally:
             dev.close()
+
+
+def test_int8_program_runs_and_matches_the_host_runtime(tmp_path) -> None:
+    """The device configuration ships int8 programs (PT2E inference, int8 frozen weights in
+    training): the native device must register the quantized kernels to load them at all."""
+    from bridge.emulator_programs import _net
+
+    from edgeadapt.export import to_executorch_int8
+    from edgeadapt.export.executorch_program import ExecuTorchRunner
+
+    gen = torch.Generator().manual_seed(3)
+    calibration = [torch.randn(SHAPE, generator=gen) for _ in range(3)]
+    path = tmp_path / "int8.pte"
+    to_executorch_int8(_net().eval(), calibration[0], path, calibration=calibration,
+                       backend="portable")  # fmt: skip
+    program = path.read_bytes()
+    with _device(tmp_path / "flash") as proc:
+        dev = BridgeClient.open(proc.port, timeout=5.0, retries=2)
+        try:
+            dev.connect()
+            dev.upload(program)
+            x = batches(1, seed=9)[0]
+            got = decode_output(dev.infer(encode_raw(x)).output, (SHAPE[0], -1))
+        finally:
+            dev.close()
+    assert torch.equal(got, ExecuTorchRunner.from_bytes(program).run(x))

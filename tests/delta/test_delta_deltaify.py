@@ -73,6 +73,25 @@ def test_step_init_from_statistics(three_conv, example) -> None:
     assert bool((q.step * 15 >= 0.5 * per_channel.max(1).values).all())
 
 
+@pytest.mark.parametrize("make", ["graph", "modules"])
+def test_quantile_one_spans_each_channels_maximum(make, three_conv, example) -> None:
+    """quantile=1.0: no calibration value lies past 2**bits - 1 steps, so a runtime that
+    clamps there (the fast runtime's uint8 maps) clamps nothing it was calibrated on; the
+    default 99.9th percentile leaves the largest values above it."""
+    from edgeadapt.delta.structure import deltaify_modules
+
+    fn = deltaify if make == "graph" else deltaify_modules
+    with torch.no_grad():
+        first = three_conv.relu1(three_conv.conv1(example)).transpose(0, 1).flatten(1)
+    peak = first.max(1).values
+    full = delta_activations(fn(three_conv, example, quantile=1.0))[0].step * 255
+    assert torch.allclose(full, peak, rtol=1e-5)
+    clipped = delta_activations(fn(three_conv, example))[0].step * 255
+    assert bool((clipped < peak).any())
+    with pytest.raises(ConfigError, match="quantile"):
+        fn(three_conv, example, quantile=1.5)
+
+
 def test_untraceable_model_falls_back_to_module_wrapping(untraceable, example) -> None:
     out = deltaify(untraceable, example)
     assert not isinstance(out, fx.GraphModule)
