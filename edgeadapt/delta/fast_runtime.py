@@ -172,13 +172,19 @@ class FastDeltaRuntime(nn.Module):
     def last_macs(self) -> MacCount:
         return self._last
 
+    def last_changed(self) -> dict[str, float]:
+        """Per layer, the share of its output pixels whose value changed on the last frame
+        (the pixels the next layer's delta holds)."""
+        return {name: g.count / g.npix for name, g in zip(self.layer_names, self._geometry)}
+
     def reset_stats(self) -> None:
         self._macs, self.scene_cuts = MacCount(), 0
 
     # -- the frame ---------------------------------------------------------------------------
     def _check(self, frame: Tensor | np.ndarray) -> Tensor:
         if isinstance(frame, np.ndarray):
-            frame = torch.from_numpy(frame)
+            # A decoder's read-only buffer: copy (one frame) rather than alias it unwritable.
+            frame = torch.from_numpy(frame if frame.flags.writeable else frame.copy())
         if not isinstance(frame, Tensor):
             raise InputError(f"expected a uint8 (H, W, C) frame, got {type(frame).__name__}")
         c = self.plan.in_channels

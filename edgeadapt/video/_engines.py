@@ -1,4 +1,4 @@
-"""Per-frame predictors behind `stream`: a dense one and a delta one, with MAC accounting.
+"""Per-frame predictors behind `stream`: a dense one and two delta ones, with MAC accounting.
 
 Both take one normalised (1, C, H, W) frame and return (logits, `FrameStats`). Both predict
 with eval-mode BN (the stored statistics): one frame has no batch statistics, and this is
@@ -32,7 +32,7 @@ from edgeadapt.delta import (
 from edgeadapt.delta.sparse_conv import scatter_index
 from edgeadapt.delta.sparse_ops import conv2d_macs, linear_macs, pair
 
-__all__ = ["DeltaEngine", "DenseEngine", "FrameStats", "eval_mode"]
+__all__ = ["DeltaEngine", "DenseEngine", "FastEngine", "FrameStats", "eval_mode"]
 
 
 @dataclass
@@ -174,3 +174,40 @@ def _element_macs(layer: DeltaLayer, changed: Tensor) -> int:
     valid_taps = (table >= 0).sum(0)  # (N·H·W,): outputs each input pixel reaches per channel
     per_pixel = changed.sum(1).reshape(-1)  # changed channels at each pixel
     return int((per_pixel * valid_taps).sum()) * out_per_group
+
+
+class FastEngine:
+    """The fast exact delta runtime (`to_fast_delta_runtime`, CIFAR ResNets, C++ kernels) over
+    a deltaified model. It takes the uint8 (H, W, 3) frame itself (normalisation is folded
+    in) and holds pixels within its own input threshold. `layer_nonzero` is, per layer, the
+    share of its output pixels whose value changed: the pixels the next layer's Δ holds."""
+
+    takes_frames = True  # the stream passes the decoded frame, not the normalised tensor
+
+    def __init__(self, model: nn.Module, config) -> None:
+        from edgeadapt.delta import to_fast_delta_runtime
+
+        self.config = config
+        self.runtime = to_fast_delta_runtime(model, config)
+
+    def signal_scene_cut(self) -> None:
+        """The caller knows the scene changed: the next frame is a dense pass."""
+        self.runtime.signal_scene_cut()
+
+    def refresh(self, model: nn.Module) -> None:
+        from edgeadapt.errors import ConfigError
+
+        raise ConfigError("the fast delta runtime runs a fixed integer model: it cannot adapt")
+
+    def __call__(self, frame) -> tuple[Tensor, FrameStats]:
+        cuts, anchor = self.runtime.scene_cuts, not self.runtime.primed
+        logits = self.runtime(frame)
+        macs = self.runtime.last_macs()
+        cut = self.runtime.scene_cuts > cuts
+        return logits, FrameStats(
+            macs.dense,
+            macs.performed,
+            anchor=anchor or cut,
+            scene_cut=cut,
+            layer_nonzero=self.runtime.last_changed(),
+        )

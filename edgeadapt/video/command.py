@@ -74,6 +74,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--delta", action="store_true", help="predict with the delta runtime")
     p.add_argument(
+        "--fast",
+        action="store_true",
+        help="with --delta: the fast exact delta runtime (CIFAR ResNets: C++ kernels on the "
+        "uint8 frames, several times the PyTorch delta runtime's speed; does not adapt)",
+    )
+    p.add_argument(
         "--delta-weights",
         default=None,
         help="a deltaified model's weights (edgeadapt.delta.distill.save_delta_weights)",
@@ -112,8 +118,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--input-threshold",
         type=float,
-        default=0.0,
-        help="hold input pixels until they move by more than this many levels (0-255)",
+        default=None,
+        help="hold input pixels until they move by more than this many levels (0-255; "
+        "default 0, with --fast the fast runtime's 1)",
     )
     p.add_argument(
         "--scene-cut-threshold",
@@ -170,7 +177,19 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.delta or args.adapt:  # both calibrate on the first frames, which takes two
         at_least(args.limit, 2, "--limit", " with --delta or --adapt (they calibrate on 2 frames)")
     at_least(args.limit, 1, "--limit")
-    in_range(args.input_threshold, 0.0, 255.0, "--input-threshold", high_open=True)
+    if args.input_threshold is not None:
+        in_range(args.input_threshold, 0.0, 255.0, "--input-threshold", high_open=True)
+    if args.fast and not args.delta:
+        raise ConfigError("--fast is the fast delta runtime: add --delta")
+    if args.fast and args.adapt:
+        raise ConfigError(
+            "--fast runs a fixed integer model and cannot adapt: drop --adapt, or --fast for "
+            "the PyTorch delta runtime, which adapts"
+        )
+    if args.fast and args.input_threshold is not None and args.input_threshold % 1:
+        raise ConfigError(
+            f"--input-threshold with --fast is whole levels (0-254), got {args.input_threshold}"
+        )
     if args.scene_cut_threshold != "auto":
         in_range(args.scene_cut_threshold, 0.0, 1.0, "--scene-cut-threshold")
     negative = [i for i in args.cut_at if i < 0]
@@ -245,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         source, model, delta=args.delta, adapt=args.adapt, batch_size=args.adapt_batch,
         compare_dense=args.compare_dense, input_threshold=args.input_threshold,
         scene_cut=_scene_cut_rule(args.scene_cut_threshold), cut_at=args.cut_at,
-        delta_state=delta_state, bits=args.bits,
+        delta_state=delta_state, bits=args.bits, fast=args.fast,
         **_setup_options(args, setup_source, setups),
     )  # fmt: skip
     total = source.expected_frames()  # None: a camera, or a video that stores no count

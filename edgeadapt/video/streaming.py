@@ -17,7 +17,14 @@ order, predicting each frame as it arrives (batch of one). Options:
   adapter wraps a structure-keeping deltaified model (`deltaify_modules`), which EcoTTA
   can partition, and adapts it with its quantisers in place (straight-through gradients),
   so what adapts is what streams.
-- `input_threshold`: `InputHysteresis` on the frames (levels, 0-255) before the model.
+- `fast` (with `delta`): the fast exact delta runtime instead (`to_fast_delta_runtime`:
+  CIFAR ResNets, C++ kernels, the uint8 frame in; several times faster than the PyTorch delta
+  runtime). It runs a fixed integer model, so it does not adapt. A model deltaified here is
+  calibrated on each channel's maximum (`deltaify(..., quantile=1.0)`): the runtime's maps
+  clamp there.
+- `input_threshold`: `InputHysteresis` on the frames (levels, 0-255) before the model; with
+  `fast`, the runtime's own threshold (whole levels). None: 0, with `fast`
+  `FastDeltaConfig`'s default (1).
 - `compare_dense`: also run a dense float32 model per frame (the current weights without
   quantisers when `delta`, else the original model) and record its prediction and latency.
 
@@ -49,7 +56,7 @@ from edgeadapt.delta import DeltaRuntimeConfig, delta_activations, deltaify
 from edgeadapt.delta.structure import deltaify_modules, strip_delta
 from edgeadapt.errors import CheckpointMismatchError, ConfigError, InputError, PartitionError
 from edgeadapt.setup_data import find_source_data, methods_needing_source, prepare_adapter
-from edgeadapt.video._engines import DeltaEngine, DenseEngine
+from edgeadapt.video._engines import DeltaEngine, DenseEngine, FastEngine
 from edgeadapt.video.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -127,7 +134,7 @@ def stream(
     adapt: str | AdaptConfig | nn.Module | None = None,
     batch_size: int = 8,
     compare_dense: bool = False,
-    input_threshold: float = 0.0,
+    input_threshold: float | None = None,
     runtime_config: DeltaRuntimeConfig | None = None,
     scene_cut: SceneCutConfig | float | Literal["auto"] | None = "auto",
     cut_at: Collection[int] = (),
@@ -141,6 +148,7 @@ def stream(
     warmup_steps: int = 500,
     no_warmup: bool = False,
     on_setup: Callable[[dict[str, Any]], None] | None = None,
+    fast: bool = False,
 ) -> Iterator[FrameResult]:
     """Yield a `FrameResult` per uint8 (H, W, 3) frame; see the module docstring.
 
@@ -157,12 +165,15 @@ def stream(
     `on_setup(record)` receives what ran (also `adapter.setup_record`).
     `scene_cut`: how cuts are detected (module docstring).
     """
+    fast_config = _fast_config(fast, model, delta, adapt, input_threshold, mean, std)
     if adapt is not None and batch_size < 2:
         raise ConfigError(f"adaptation needs batches of 2 or more frames, got {batch_size}")
     if calibration_frames < 2:
         raise ConfigError(f"calibration_frames must be >= 2, got {calibration_frames}")
     setup_source = _setup_source(adapt, source_data, warmup_steps, no_warmup)
     runtime_config, detector = _scene_cut_rule(scene_cut, runtime_config)
+    if fast_config is not None:  # the same cut rule as the PyTorch delta runtime's
+        fast_config = replace(fast_config, scene_cut_threshold=runtime_config.scene_cut_threshold)
     it = iter(frames)
     needs_deltaify = delta and not delta_activations(model)
     needs_example = needs_deltaify or (adapt is not None and not _is_adapter(adapt))
@@ -176,7 +187,10 @@ def stream(
     base = model
     if needs_deltaify:  # graph deltaify is exact per call site; adapters need module structure
         make = deltaify_modules if adapt is not None else deltaify
-        base = make(model, example, bits=bits).eval()
+        # The fast runtime's uint8 maps clamp at 2**bits - 1 steps: nothing calibrated may
+        # lie past them (deltaify's docstring).
+        quantile = 1.0 if fast_config is not None else 0.999
+        base = make(model, example, bits=bits, quantile=quantile).eval()
         if delta_state is not None:
             _load_delta_state(base, delta_state)
     elif delta_state is not None:
@@ -192,13 +206,17 @@ def stream(
     work = adapter.model if adapter is not None else base
     if delta and not delta_activations(work):
         raise ConfigError("delta=True needs the adapter's model to be deltaified")
-    engine = (
-        DeltaEngine(work, runtime_config, layer_stats=layer_stats) if delta else DenseEngine(work)
-    )
+    if fast_config is not None:
+        engine = FastEngine(work, fast_config)
+    elif delta:
+        engine = DeltaEngine(work, runtime_config, layer_stats=layer_stats)
+    else:
+        engine = DenseEngine(work)
     reference = None
     if compare_dense:
         reference = DenseEngine(strip_delta(work) if delta else model)
-    hysteresis = InputHysteresis(input_threshold)
+    # The fast runtime holds small changes itself (its input threshold); the others here.
+    hysteresis = InputHysteresis(0.0 if fast_config is not None else (input_threshold or 0.0))
     buffer: list[torch.Tensor] = []
     cuts = {int(i) for i in cut_at}
     for index, frame in enumerate(itertools.chain(head, it)):
@@ -214,8 +232,12 @@ def stream(
         if signalled or detected:
             engine.signal_scene_cut()
             hysteresis.reset()
-        x = to_model_input(hysteresis(frame), mean, std)
-        logits, stats = engine(x)
+        if fast_config is not None:
+            x = None
+            logits, stats = engine(frame)
+        else:
+            x = to_model_input(hysteresis(frame), mean, std)
+            logits, stats = engine(x)
         latency = time.perf_counter() - start
         probs = torch.softmax(logits.float(), 1)[0]
         result = FrameResult(
@@ -248,6 +270,37 @@ def stream(
                 if reference is not None and delta:
                     reference.refresh(strip_delta(adapter.model))
         yield result
+
+
+def _fast_config(fast, model, delta, adapt, input_threshold, mean, std):
+    """The fast runtime's config for `stream(fast=True)`, refusing what it cannot do before
+    any frame is read; None without `fast`."""
+    if not fast:
+        return None
+    from edgeadapt.delta import FastDeltaConfig
+    from edgeadapt.models.cifar_resnet import CifarResNet
+
+    if not isinstance(model, CifarResNet):
+        raise ConfigError(
+            f"the fast delta runtime runs CIFAR ResNets (resnet20, resnet32, ...), got "
+            f"{type(model).__name__}: drop fast for the PyTorch delta runtime"
+        )
+
+    if not delta:
+        raise ConfigError("fast=True is the fast delta runtime: it needs delta=True")
+    if adapt is not None:
+        raise ConfigError(
+            "the fast delta runtime runs a fixed integer model and cannot adapt: drop adapt "
+            "(or fast, for the PyTorch delta runtime, which adapts)"
+        )
+    config = FastDeltaConfig(mean=tuple(mean), std=tuple(std))
+    if input_threshold is None:
+        return config
+    if float(input_threshold) != int(input_threshold):
+        raise ConfigError(
+            f"the fast runtime's input threshold is whole levels (0-254), got {input_threshold}"
+        )
+    return replace(config, input_threshold=int(input_threshold))
 
 
 def _scene_cut_rule(

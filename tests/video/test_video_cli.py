@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from edgeadapt.cli import main
 
 
@@ -24,6 +26,22 @@ def test_stream_command_writes_the_summary_and_per_frame_records(
     assert report["adaptation"]["steps"] == 3
     assert report["scene_cuts_signalled"] == 1
     assert len(report["per_frame"]["latency_ms"]) == 12
+    assert report["nonzero_delta_per_layer"]
+
+
+def test_stream_command_runs_the_fast_delta_runtime(mp4, tiny_checkpoint, tmp_path, capsys):
+    from edgeadapt.delta import native_available
+
+    if not native_available():
+        pytest.skip("no C++ compiler: the fast runtime's kernels cannot build")
+    out = tmp_path / "fast.json"
+    code = main(["stream", str(mp4), "--model", "tiny_resnet", "--checkpoint",
+                 str(tiny_checkpoint), "--delta", "--fast", "--compare-dense", "--json",
+                 str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["fast"] is True and report["frames"] == 12
+    assert report["macs"]["performed_per_frame"] < report["macs"]["dense_per_frame"]
     assert report["nonzero_delta_per_layer"]
 
 

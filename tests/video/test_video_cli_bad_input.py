@@ -43,6 +43,9 @@ def _refused(capsys, argv: list[str]) -> str:
         (["--cut-at", "3,-1"], "--cut-at"),
         (["--delta-weights", "w.pt"], "--delta"),
         (["--delta", "--delta-weights", "nope.pt"], "--delta-weights"),
+        (["--fast"], "--delta"),
+        (["--delta", "--fast", "--adapt", "tent"], "--adapt"),
+        (["--delta", "--fast", "--input-threshold", "1.5"], "--input-threshold"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_naming_the_flag(capsys, mp4, tiny_checkpoint, argv, flag):

@@ -125,3 +125,52 @@ def test_bad_streams_raise_typed_errors(tiny_net, clip):
         list(stream([clip[0], clip[1].astype(np.float32)], tiny_net, delta=False))
     with pytest.raises(InputError, match="no frames"):
         summarize([])
+
+
+def _cifar_resnet():
+    from edgeadapt.models.cifar_resnet import CifarResNet
+
+    torch.manual_seed(0)
+    return CifarResNet(1, widths=(16, 32)).eval()
+
+
+def test_fast_stream_is_exact_on_the_frames_it_saw_and_skips_work(clip):
+    """stream(fast=True): the fast runtime's logits are its dense integer reference's on the
+    frame it saw, the moving square costs a fraction of the dense MACs, and the model was
+    calibrated on each channel's maximum (its maps clamp there)."""
+    from edgeadapt.delta import fast_reference_forward, native_available
+
+    if not native_available():
+        pytest.skip("no C++ compiler: the fast runtime's kernels cannot build")
+    model = _cifar_resnet()
+    results = list(stream(clip, model, delta=True, fast=True, compare_dense=True,
+                          calibration_frames=4, input_threshold=0))  # fmt: skip
+    s = summarize(results)
+    assert s["anchors"] == 1 and 0 < s["macs"]["performed_per_frame"] < s["macs"]["dense_per_frame"]
+    assert "layer1.0.conv1" in s["nonzero_delta_per_layer"]
+    # The same runtime, rebuilt as stream() builds it: the predictions are its reference's.
+    from edgeadapt.delta import FastDeltaConfig, to_fast_delta_runtime
+
+    quantised = deltaify(model, to_model_input(clip[:4]), quantile=1.0).eval()
+    runtime = to_fast_delta_runtime(quantised, FastDeltaConfig(input_threshold=0))
+    expected = [int(fast_reference_forward(runtime.plan, torch.from_numpy(f))[0].argmax())
+                for f in clip]  # fmt: skip
+    assert [r.prediction for r in results] == expected
+    assert all(r.dense_prediction is not None for r in results)
+
+
+def test_fast_stream_refuses_what_it_cannot_do_before_reading():
+    def frames():
+        raise AssertionError("read a frame before refusing")
+        yield
+
+    cifar = _cifar_resnet()
+    with pytest.raises(ConfigError, match="needs delta"):
+        list(stream(frames(), cifar, delta=False, fast=True))
+    with pytest.raises(ConfigError, match="cannot adapt"):
+        list(stream(frames(), cifar, delta=True, fast=True, adapt="tent"))
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    with pytest.raises(ConfigError, match="CIFAR ResNets"):
+        list(stream(frames(), plain, delta=True, fast=True))
+    with pytest.raises(ConfigError, match="whole levels"):
+        list(stream(frames(), cifar, delta=True, fast=True, input_threshold=1.5))
