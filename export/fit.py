@@ -110,8 +110,8 @@ def check_fit(
     """Place a program's arenas (and, on Linux boards, its constants) into the device's banks.
 
     `report_or_sizes` is an ExecuTorch ExportReport or a mapping with `arena_bytes` (an int
-    or a list, one per arena), `constant_bytes`, and optionally `trainable_bytes`,
-    `arena_banks` and `planned_for` (see ExportReport). A program planned for this device's
+    or a list, one per arena), `constant_bytes`, and optionally `arena_banks` and
+    `planned_for` (see ExportReport). A program planned for this device's
     banks (`planned_for` is its key) has each arena checked against the bank it was planned
     for; other arenas are placed first-fit decreasing. A training program's trainable tensors
     are not counted again: ExecuTorch plans them inside the arena (their initial values sit

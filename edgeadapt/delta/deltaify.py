@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from edgeadapt.delta.quantize import DeltaActivation
+from edgeadapt.delta.quantize import CALIBRATION_QUANTILE, DeltaActivation
 from edgeadapt.errors import ConfigError, InputError
 
 __all__ = ["DEFAULT_ACTIVATIONS", "delta_activations", "deltaify"]
@@ -52,7 +52,7 @@ def deltaify(
     *,
     bits: int = 8,
     activation_types: tuple[type[nn.Module], ...] = DEFAULT_ACTIVATIONS,
-    quantile: float = 0.999,
+    quantile: float = CALIBRATION_QUANTILE,
 ) -> nn.Module:
     """Return a copy of `model` with a `DeltaActivation` after every activation.
 
@@ -62,8 +62,8 @@ def deltaify(
     inputs). A runtime that stores activations in 2**bits - 1 steps and clamps there (the
     fast runtime's uint8 maps) wants `quantile=1.0`: clamping the top 0.1% of every channel
     biases the logits (measured on a static-camera clip: 97.7% top-1 agreement with float32
-    against 99.8% calibrated on the maximum, benchmarks/delta/README_fast.md). The copy keeps `model`'s
-    train/eval mode. A traceable model comes back as a `torch.fx.GraphModule` with the same
+    against 99.8% calibrated on the maximum, benchmarks/delta/README_fast.md). The copy keeps
+    `model`'s train/eval mode. A traceable model comes back as a `torch.fx.GraphModule` with the same
     parameter names plus the quantisers' `log_step` / `fan_out_macs`.
     """
     if not isinstance(example_input, Tensor):
@@ -115,7 +115,7 @@ def _no_activation_error(types: tuple[type, ...]) -> ConfigError:
 
 
 def _deltaify_graph(
-    gm: fx.GraphModule, example: Tensor, bits: int, types: tuple, quantile: float = 0.999
+    gm: fx.GraphModule, example: Tensor, bits: int, types: tuple, quantile: float
 ) -> nn.Module:
     modules = dict(gm.named_modules())
     acts = [n for n in gm.graph.nodes if _is_activation(n, modules, types)]
@@ -165,7 +165,7 @@ def _graph_consumer_macs(start: fx.Node, modules: dict[str, nn.Module], macs: di
 
 
 def _calibrate(
-    model: nn.Module, example: Tensor, bits: int, quantile: float = 0.999
+    model: nn.Module, example: Tensor, bits: int, quantile: float
 ) -> tuple[dict[str, float], dict[str, int]]:
     """One eval pass: init each quantiser's step from its input just before it quantises
     (so later quantisers see quantised inputs); return the dense MACs of every conv / linear
@@ -200,7 +200,7 @@ def _calibrate(
 
 
 def _deltaify_modules(
-    model: nn.Module, example: Tensor, bits: int, types: tuple, quantile: float = 0.999
+    model: nn.Module, example: Tensor, bits: int, types: tuple, quantile: float
 ) -> nn.Module:
     calls: list[tuple[str, Tensor | None]] = []  # execution order: (name, act output or None)
     targets = {n: m for n, m in model.named_modules() if isinstance(m, types)}

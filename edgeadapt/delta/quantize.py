@@ -19,7 +19,11 @@ from torch import Tensor, nn
 
 from edgeadapt.errors import ConfigError, InputError
 
-__all__ = ["DeltaActivation", "round_ste"]
+__all__ = ["CALIBRATION_QUANTILE", "DeltaActivation", "round_ste"]
+
+# The share of each channel's calibration values that fits in 2**bits - 1 steps (the rest
+# saturate in a runtime that clamps there; `deltaify`'s docstring).
+CALIBRATION_QUANTILE = 0.999
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -89,7 +93,9 @@ class DeltaActivation(nn.Module):
         return round_ste(x / step) * step
 
     @torch.no_grad()
-    def init_step_from(self, x: Tensor, *, bits: int = 8, quantile: float = 0.999) -> None:
+    def init_step_from(
+        self, x: Tensor, *, bits: int = 8, quantile: float = CALIBRATION_QUANTILE
+    ) -> None:
         """Set q_c so the `quantile` of |x_c| spans 2**bits - 1 steps (activation statistics).
 
         A channel that is all zeros (a dead ReLU) gets the largest step of the others, so it

@@ -20,7 +20,12 @@ import copy
 
 from torch import Tensor, nn
 
-from edgeadapt.delta.deltaify import DEFAULT_ACTIVATIONS, _deltaify_modules, check_quantile
+from edgeadapt.delta.deltaify import (
+    CALIBRATION_QUANTILE,
+    DEFAULT_ACTIVATIONS,
+    _deltaify_modules,
+    check_quantile,
+)
 from edgeadapt.delta.quantize import DeltaActivation
 from edgeadapt.errors import InputError
 
@@ -33,7 +38,7 @@ def deltaify_modules(
     *,
     bits: int = 8,
     activation_types: tuple[type[nn.Module], ...] = DEFAULT_ACTIVATIONS,
-    quantile: float = 0.999,
+    quantile: float = CALIBRATION_QUANTILE,
 ) -> nn.Module:
     """A copy of `model` with a `DeltaActivation` after every activation module, in place.
 

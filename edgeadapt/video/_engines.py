@@ -1,6 +1,7 @@
 """Per-frame predictors behind `stream`: a dense one and two delta ones, with MAC accounting.
 
-Both take one normalised (1, C, H, W) frame and return (logits, `FrameStats`). Both predict
+The dense and the PyTorch delta engine take one normalised (1, C, H, W) frame, the fast one
+the uint8 (H, W, 3) frame itself; each returns (logits, `FrameStats`). They predict
 with eval-mode BN (the stored statistics): one frame has no batch statistics, and this is
 the adapters' documented `small_batch="predict"` behaviour. `refresh(model)` points an
 engine at new weights after an adaptation step; the delta engine then rebuilds its
@@ -182,12 +183,9 @@ class FastEngine:
     in) and holds pixels within its own input threshold. `layer_nonzero` is, per layer, the
     share of its output pixels whose value changed: the pixels the next layer's Δ holds."""
 
-    takes_frames = True  # the stream passes the decoded frame, not the normalised tensor
-
     def __init__(self, model: nn.Module, config) -> None:
         from edgeadapt.delta import to_fast_delta_runtime
 
-        self.config = config
         self.runtime = to_fast_delta_runtime(model, config)
 
     def signal_scene_cut(self) -> None:

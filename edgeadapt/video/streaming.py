@@ -53,6 +53,7 @@ from torch import nn
 
 from edgeadapt.config import AdaptConfig
 from edgeadapt.delta import DeltaRuntimeConfig, delta_activations, deltaify
+from edgeadapt.delta.quantize import CALIBRATION_QUANTILE
 from edgeadapt.delta.structure import deltaify_modules, strip_delta
 from edgeadapt.errors import CheckpointMismatchError, ConfigError, InputError, PartitionError
 from edgeadapt.setup_data import find_source_data, methods_needing_source, prepare_adapter
@@ -189,7 +190,7 @@ def stream(
         make = deltaify_modules if adapt is not None else deltaify
         # The fast runtime's uint8 maps clamp at 2**bits - 1 steps: nothing calibrated may
         # lie past them (deltaify's docstring).
-        quantile = 1.0 if fast_config is not None else 0.999
+        quantile = 1.0 if fast_config is not None else CALIBRATION_QUANTILE
         base = make(model, example, bits=bits, quantile=quantile).eval()
         if delta_state is not None:
             _load_delta_state(base, delta_state)
@@ -285,7 +286,6 @@ def _fast_config(fast, model, delta, adapt, input_threshold, mean, std):
             f"the fast delta runtime runs CIFAR ResNets (resnet20, resnet32, ...), got "
             f"{type(model).__name__}: drop fast for the PyTorch delta runtime"
         )
-
     if not delta:
         raise ConfigError("fast=True is the fast delta runtime: it needs delta=True")
     if adapt is not None:

@@ -18,6 +18,7 @@
 
 #include "edgeadapt_frame.h"
 #include "hal.h"
+#include "peak_allocator.h"
 
 // Pool sizes are build constants: an MCU build sets them to its banks, the host build to
 // whatever the largest profile may plan (pages never touched cost nothing).
@@ -63,19 +64,6 @@ alignas(64) uint8_t g_method_pool[kSlots][EA_METHOD_POOL_BYTES];
 alignas(64) uint8_t g_planned_pool[kSlots][EA_PLANNED_POOL_BYTES];
 alignas(64) uint8_t g_temp_pool[kSlots][EA_TEMP_POOL_BYTES];
 alignas(8) uint8_t g_blob[EA_ADAPTER_MAX_BYTES];
-
-// The temp allocator keeps its high-water mark: the runtime resets it between instructions,
-// so used_size() afterwards says nothing about what a kernel needed.
-class PeakAllocator : public MemoryAllocator {
- public:
-  using MemoryAllocator::MemoryAllocator;
-  void *allocate(size_t size, size_t alignment) override {
-    void *p = MemoryAllocator::allocate(size, alignment);
-    if (used_size() > peak) peak = used_size();
-    return p;
-  }
-  size_t peak = 0;
-};
 
 struct Param {
   const char *name;  // in the program's flatbuffer (flash), without the "model." prefix

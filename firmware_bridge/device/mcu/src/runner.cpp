@@ -12,6 +12,8 @@
 #include <executorch/runtime/executor/program.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include "peak_allocator.h"
+
 using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::aten::TensorImpl;
@@ -40,23 +42,12 @@ struct Slot {
 Slot<BufferDataLoader> loader;
 Slot<Program> program;
 Slot<Method> method;
-Slot<MemoryAllocator> method_alloc, temp_alloc;
+Slot<MemoryAllocator> method_alloc;
 Slot<HierarchicalAllocator> planned;
 Slot<MemoryManager> manager;
 Span<uint8_t> spans[kMaxArenas];
 
-// The temp allocator keeps its high-water mark: kernels reset it between instructions.
-class TempAllocator : public MemoryAllocator {
- public:
-  using MemoryAllocator::MemoryAllocator;
-  void *allocate(size_t size, size_t alignment) override {
-    void *p = MemoryAllocator::allocate(size, alignment);
-    if (used_size() > peak) peak = used_size();
-    return p;
-  }
-  size_t peak = 0;
-};
-Slot<TempAllocator> temp_slot;
+Slot<ea::PeakAllocator> temp_slot;  // the temp allocator, with its high-water mark
 
 bool finite(float x) { return !isnan(x) && !isinf(x); }
 
@@ -83,7 +74,7 @@ Status Runner::load(const uint8_t *pte, size_t size, const Arena *arenas, int n_
   }
   new (planned.get()) HierarchicalAllocator({spans, static_cast<size_t>(figures_.arenas)});
   new (method_alloc.get()) MemoryAllocator(static_cast<uint32_t>(pool_bytes), pool);
-  new (temp_slot.get()) TempAllocator(static_cast<uint32_t>(temp_bytes), temp);
+  new (temp_slot.get()) ea::PeakAllocator(static_cast<uint32_t>(temp_bytes), temp);
   new (manager.get()) MemoryManager(method_alloc.get(), planned.get(), temp_slot.get());
   figures_.method_pool = pool_bytes;
 
@@ -131,7 +122,7 @@ Status Runner::set_input(int index, const float *x, size_t numel) {
 Status Runner::run() {
   Error e = method.get()->execute();
   figures_.error = static_cast<int>(e);
-  TempAllocator *t = temp_slot.get();
+  ea::PeakAllocator *t = temp_slot.get();
   if (t->peak > figures_.temp_used) figures_.temp_used = t->peak;
   return e == Error::Ok ? kOk : kRunFailed;
 }
