@@ -5,10 +5,12 @@ repeats it for every run. The warm-up is deterministic given what goes in, so it
 stored under a digest of everything that goes in: the adapter's full state before the warm-up
 (model, meta networks, their initialisation), its config (less the fields a warm-up never
 reads: `NOT_READ_BY_WARMUP`), the source file (path, size, mtime),
-the steps, lr, seed, normalisation and input size, and the global RNG state. The entry holds
-the adapter's state after the warm-up and the RNG state after it, so a hit leaves the process
-exactly where a warm-up would have left it. Entries are written atomically and read with
-`weights_only=True`; a damaged entry is ignored and rebuilt.
+the steps, lr, seed, normalisation and input size. Not the global RNG: torch seeds it at
+random in every process, so an entry keyed on it was never found again by another process.
+Instead every warm-up, cached or not, runs on a private RNG seeded from `seed` and leaves the
+caller's global RNG as it was, so a hit and a warm-up leave the process in the same state.
+Entries are written atomically and read with `weights_only=True`; a damaged entry is ignored
+and rebuilt.
 """
 
 from __future__ import annotations
@@ -44,20 +46,26 @@ def cached_warmup(
 ) -> dict[str, Any]:
     """`warm_up()`'s record, from the cache when an entry for exactly these inputs exists."""
     if cache_dir is None:
-        return warm_up()
+        return _on_private_rng(warm_up, inputs["seed"])
     path = Path(cache_dir) / f"{_digest(adapter, inputs, source)}.pt"
     entry = _read(path)
     if entry is not None:
         adapter.load_state_dict(entry["state"])
-        torch.set_rng_state(entry["rng"])
         adapter._sync_teacher()  # as at the end of a warm-up: the teacher starts from it
         adapter.snapshot()
         say(f"EcoTTA warm-up: taken from the cache ({path})")
         return json.loads(entry["record"])
-    record = warm_up()
-    _write(path, {"state": adapter.state_dict(), "rng": torch.get_rng_state(),
-                  "record": json.dumps(record)})  # fmt: skip
+    record = _on_private_rng(warm_up, inputs["seed"])
+    _write(path, {"state": adapter.state_dict(), "record": json.dumps(record)})
     return record
+
+
+def _on_private_rng(warm_up: Callable[[], dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Run `warm_up` with torch's global RNG seeded from `seed`, and restore it afterwards:
+    the result depends on nothing a process drew before, and draws nothing from the caller."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return warm_up()
 
 
 def _digest(adapter: nn.Module, inputs: dict[str, Any], source: Path) -> str:
@@ -69,7 +77,6 @@ def _digest(adapter: nn.Module, inputs: dict[str, Any], source: Path) -> str:
     about = {**inputs, "config": config, "source": str(source.resolve()),
              "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}  # fmt: skip
     h.update(json.dumps(about, sort_keys=True, default=str).encode())
-    h.update(torch.get_rng_state().numpy().tobytes())
     for name, t in sorted(adapter.state_dict().items()):
         h.update(name.encode())
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
@@ -84,7 +91,7 @@ def _read(path: Path) -> dict[str, Any] | None:
         entry = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a damaged or foreign file: warm up again and replace it
         return None
-    if not isinstance(entry, dict) or set(entry) != {"state", "rng", "record"}:
+    if not isinstance(entry, dict) or set(entry) != {"state", "record"}:
         return None
     return entry
 

@@ -1,5 +1,6 @@
-"""The warm-up cache: a repeated warm-up is read back bit-exact (adapter state, reset point and
-the global RNG after it), anything that changes the warm-up misses, a damaged entry is rebuilt."""
+"""The warm-up cache: a repeated warm-up is read back bit-exact (adapter state, reset point),
+also by a process whose global RNG differs, and the caller's RNG is left as it was; anything
+that changes the warm-up misses, a damaged entry is rebuilt."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ def installed_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEADAPT_CACHE", str(tmp_path / "cache"))
 
 
-def _warmed(folder: Path, cache: Path, *, steps: int = 2, seed: int = 0, lines=None, **config):
-    torch.manual_seed(0)  # same model, same meta-network initialisation, same global RNG
+def _warmed(folder: Path, cache: Path, *, steps: int = 2, seed: int = 0, lines=None,
+            global_seed: int = 0, **config):  # fmt: skip
+    torch.manual_seed(0)  # the same model every time (tiny_resnet has no checkpoint)
     model = create_model("tiny_resnet")
     example = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     adapter = edgeadapt.wrap(model, edgeadapt.EcoTTAConfig(**config), example_input=example)
+    torch.manual_seed(global_seed)  # torch seeds a new process at random; this stands for it
     record = prepare_adapter(
         adapter, folder, warmup_steps=steps, input_size=(16, 16), progress=False, seed=seed,
         log=(lines.append if lines is not None else None), warmup_cache=cache,
@@ -57,6 +60,19 @@ def test_a_repeated_warm_up_is_read_back_bit_exact(tmp_path):
     sgd, _, _ = _warmed(folder, cache, lines=lines, optimizer="sgd", lr=1e-4)
     assert any("from the cache" in line for line in lines)
     assert _same_state(sgd, _warmed(folder, None, optimizer="sgd", lr=1e-4)[0])
+
+
+def test_a_process_with_another_global_rng_finds_the_entry_and_keeps_its_rng(tmp_path):
+    folder, cache = source_folder(tmp_path / "source"), tmp_path / "warmups"
+    first, _, _ = _warmed(folder, cache, global_seed=1)
+    lines: list[str] = []
+    again, _, rng_after = _warmed(folder, cache, lines=lines, global_seed=2)
+    assert any("from the cache" in line for line in lines)
+    assert len(list(cache.glob("*.pt"))) == 1 and _same_state(first, again)
+    torch.manual_seed(2)
+    assert torch.equal(rng_after, torch.get_rng_state())  # a hit draws nothing
+    fresh, _, rng_fresh = _warmed(folder, None, global_seed=2)
+    assert _same_state(first, fresh) and torch.equal(rng_fresh, rng_after)  # nor a warm-up
 
 
 def test_a_different_warm_up_misses_and_a_damaged_entry_is_rebuilt(tmp_path):

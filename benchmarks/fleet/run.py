@@ -35,6 +35,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated fleet strategies to run")  # fmt: skip
     p.add_argument("--merge", default="replace")
     p.add_argument("--merge-factor", type=float, default=0.5)
+    p.add_argument("--stream-statistics", choices=("local", "matched"), default="local",
+                   help="matched: devices whose input changed get the fleet's BN statistics "
+                   "for input like it (edgeadapt.fleet.statistics_bank)")  # fmt: skip
+    p.add_argument("--match-threshold", type=float, default=0.12)
+    p.add_argument("--isolated-from", metavar="PREFIX.json", default=None,
+                   help="take source and isolated from a run with the same devices and streams "
+                   "(checked) instead of running them again")  # fmt: skip
+    p.add_argument("--no-share-statistics", action="store_true",
+                   help="share the meta networks' weights only; their BN statistics stay local")  # fmt: skip
     p.add_argument("--delta", type=float, default=0.1,
                    help="Dirichlet concentration of the label order; 0 for i.i.d.")  # fmt: skip
     p.add_argument("--severity", type=int, default=5)
@@ -55,11 +64,63 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(HERE / "fleet"),
                    help="output prefix: writes PREFIX.json, PREFIX.md, PREFIX.png")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--render", metavar="PREFIX.json", default=None,
+                   help="only rewrite PREFIX.md and PREFIX.png from a run's JSON")  # fmt: skip
     return p.parse_args(argv)
+
+
+# The settings that decide what source and isolated devices see and do: a run that shares
+# them may reuse another's baselines (--isolated-from) instead of an hour of adaptation.
+BASELINE_ARGS = ("devices", "images_per_domain", "batch", "steps_per_round", "delta",
+                 "severity", "corruptions", "checkpoint", "source_data", "warmup_steps",
+                 "config", "seed")  # fmt: skip
+
+
+def baselines_from(json_path: str, args: argparse.Namespace):
+    """(the run's JSON, its source and isolated results, their seconds); SystemExit when the
+    run had other settings or lacks either baseline."""
+    import json
+
+    from edgeadapt.fleet.runner import FleetResult
+
+    data = json.loads(Path(json_path).read_text())
+    differ = [k for k in BASELINE_ARGS if data["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--isolated-from: {json_path} ran with other {', '.join(differ)}")
+    taken = [
+        FleetResult.from_dict(r) for r in data["results"] if r["mode"] in ("source", "isolated")
+    ]
+    if len(taken) != 2:
+        raise SystemExit(f"--isolated-from: {json_path} has no source and isolated results")
+    seconds = {r.mode: data["seconds"][r.mode] for r in taken}
+    return data, taken, seconds
+
+
+def render(json_path: str) -> int:
+    """Markdown and plot again from a committed run (its numbers are read, never recomputed
+    from streams); for a new table layout without an hour of adaptation."""
+    import json
+
+    from edgeadapt.fleet.report import write_outputs
+    from edgeadapt.fleet.runner import FleetResult
+
+    data = json.loads(Path(json_path).read_text())
+    results = [FleetResult.from_dict(r) for r in data["results"]]
+    out = Path(json_path).with_suffix("")
+    notes = data.get("notes")
+    md = out.with_suffix(".md")
+    if notes is None and md.is_file():  # runs from before the JSON kept them: the Markdown's
+        notes = md.read_text().split("\n\n")[1]  # paragraph between title and table
+    for path in write_outputs(results, data["title"], markdown_path=md,
+                              plot_path=out.with_suffix(".png"), notes=notes or ""):  # fmt: skip
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render)
     import torch
 
     from edgeadapt.api import wrap
@@ -82,6 +143,7 @@ def main(argv=None) -> int:
     )
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     # Every setting checked before the model and the data load.
+    baselines = baselines_from(args.isolated_from, args) if args.isolated_from else None
     configs = {
         s: FleetConfig(
             devices=args.devices,
@@ -90,6 +152,9 @@ def main(argv=None) -> int:
             strategy=s,
             merge=args.merge,
             merge_factor=args.merge_factor,
+            share_statistics=not args.no_share_statistics,
+            stream_statistics=args.stream_statistics,
+            match_threshold=args.match_threshold,
             seed=args.seed,
         )
         for s in strategies
@@ -121,9 +186,15 @@ def main(argv=None) -> int:
         print(f"{name}: mean error {result.mean_error():.2f}% in {seconds[name]} s", flush=True)
         results.append(result)
 
-    timed("source", lambda: run_isolated(fleet.source_only(), n, rounds, r, mode="source",
-                                         progress=progress))  # fmt: skip
-    if not args.no_isolated:
+    if baselines is not None:
+        if baselines[0]["fleet"] != fleet.describe():
+            raise SystemExit(f"--isolated-from: {args.isolated_from} walked other streams")
+        results += baselines[1]
+        seconds.update(baselines[2])
+    else:
+        timed("source", lambda: run_isolated(fleet.source_only(), n, rounds, r, mode="source",
+                                             progress=progress))  # fmt: skip
+    if not args.no_isolated and baselines is None:
         timed("isolated", lambda: run_isolated(fleet, n, rounds, r, progress=progress))
     for s, c in configs.items():
         c = dataclasses.replace(c, rounds=rounds)
@@ -139,15 +210,39 @@ def main(argv=None) -> int:
     )
     stream = "i.i.d." if not args.delta else f"class-correlated (Dirichlet δ = {args.delta})"
     first = results[-1].bytes_per_device()
+    later = first[1:] or first
+    sent = sum(b["sent"] for b in later) / len(later)
+    received = sum(b["received"] for b in later) / len(later)
+    matched = ""
+    if args.stream_statistics == "matched":
+        fleets = [x for x in results if x.mode.startswith("fleet")]
+        banks = "; ".join(
+            f"{x.mode}: {x.settings.get('bank_entries')} bank entries, "
+            f"{x.settings.get('bank_handouts')} handed out"
+            for x in fleets
+        )
+        matched = (
+            " Stream statistics matched (edgeadapt.fleet.statistics_bank, threshold "
+            f"{args.match_threshold}): a device whose input changed gets the server bank's "
+            f"nearest BN statistics; {banks}."
+        )
+    reused = (
+        f" Source and isolated are taken from {args.isolated_from} (same devices, streams and "
+        "settings, checked)."
+        if args.isolated_from
+        else ""
+    )
     notes = (
         f"Each device: its own order of the corruptions, its own {args.images_per_domain} "
         f"images per domain in a {stream} label order; all start from one EcoTTA adapter "
         f"({args.config} config) warmed up for {args.warmup_steps} steps on clean CIFAR-10. "
         "Error: online error (%) over all devices in the round (a device is scored on each "
-        "batch as it adapts on it). Fleet runs merge the aggregate by "
-        f"'{args.merge}'. Bytes: the shared adapter state as Flower carries it, per device per "
-        f"round ({first[-1]['received']:.0f} B each way after round 1). Wall-clock seconds "
-        f"on this machine: {seconds} (warm-up {warmup_seconds:.0f} s)."
+        "batch as it adapts on it). Fleet runs share the meta networks' weights"
+        f"{'' if args.no_share_statistics else ' and BN statistics'} and merge the aggregate "
+        f"by '{args.merge}'.{matched} Bytes: what Flower carries, per device per round "
+        f"after round 1, on average {sent:.0f} B to and {received:.0f} B from a device."
+        f"{reused} Wall-clock seconds on this machine: {seconds} (warm-up "
+        f"{warmup_seconds:.0f} s)."
     )
     out = Path(args.out)
     extra = {
@@ -158,6 +253,8 @@ def main(argv=None) -> int:
         "seconds": seconds,
         "warmup_seconds": round(warmup_seconds, 1),
         "rounds": rounds,
+        "notes": notes,
+        "baselines_from": args.isolated_from,
     }
     for path in write_outputs(results, title, json_path=out.with_suffix(".json"),
                               markdown_path=out.with_suffix(".md"),

@@ -23,7 +23,7 @@ def _output_options(p: argparse.ArgumentParser) -> None:
 
 
 def _fleet_options(p: argparse.ArgumentParser, *, device_side: bool = False) -> None:
-    from edgeadapt.fleet.config import MERGES, STRATEGIES
+    from edgeadapt.fleet.config import MERGES, STRATEGIES, STREAM_STATISTICS
 
     if not device_side:  # what the server decides
         p.add_argument("--devices", type=int, default=4, help="N: devices in the fleet")
@@ -39,6 +39,11 @@ def _fleet_options(p: argparse.ArgumentParser, *, device_side: bool = False) -> 
                        help="interpolate: the share of the aggregate a device takes")  # fmt: skip
         p.add_argument("--no-share-statistics", action="store_true",
                        help="share meta-network weights only; BN statistics stay on the device")  # fmt: skip
+        p.add_argument("--stream-statistics", choices=STREAM_STATISTICS, default="local",
+                       help="matched: a device whose input changed gets the BN statistics "
+                       "other devices had on input like its new one (a server-side bank)")  # fmt: skip
+        p.add_argument("--match-threshold", type=float, default=0.12,
+                       help="matched: input-signature distance that counts as the same input")  # fmt: skip
     # What each device's stream is (every device of a run must use the same values).
     p.add_argument("--batch", type=int, default=16, help="images per adaptation step")
     p.add_argument("--images-per-domain", type=int, default=64,
@@ -101,7 +106,9 @@ def _config(args: argparse.Namespace):
     return FleetConfig(
         devices=args.devices, rounds=args.rounds, steps_per_round=args.steps_per_round,
         strategy=args.strategy, trim=args.trim, merge=args.merge, merge_factor=args.merge_factor,
-        share_statistics=not args.no_share_statistics, seed=args.seed,
+        share_statistics=not args.no_share_statistics,
+        stream_statistics=args.stream_statistics, match_threshold=args.match_threshold,
+        seed=args.seed,
     )  # fmt: skip
 
 

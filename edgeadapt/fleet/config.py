@@ -7,11 +7,20 @@ from dataclasses import dataclass
 
 from edgeadapt.errors import ConfigError, EdgeAdaptError
 
-__all__ = ["MERGES", "STRATEGIES", "FleetConfig", "FleetConnectionError", "FleetError"]
+__all__ = [
+    "MERGES",
+    "STRATEGIES",
+    "STREAM_STATISTICS",
+    "FleetConfig",
+    "FleetConnectionError",
+    "FleetError",
+]
 
 # The aggregation strategies (edgeadapt.fleet.strategies) and device-side merges by name.
 STRATEGIES = ("fedavg", "median", "trimmed_mean")
 MERGES = ("replace", "interpolate")
+# What the frozen BNs' stream statistics do in a fleet (edgeadapt.fleet.statistics_bank).
+STREAM_STATISTICS = ("local", "matched")
 
 
 class FleetError(EdgeAdaptError, RuntimeError):
@@ -39,6 +48,15 @@ class FleetConfig:
     # Share the meta networks' BN running statistics too (True), or only their weights
     # (False: FedBN-style, each device keeps statistics of its own stream).
     share_statistics: bool = True
+    # The stream statistics the BNs normalise with: "local" (they never leave the device) or
+    # "matched" (a device whose input changed gets the statistics other devices had on input
+    # like its new one, from the server's bank; statistics_bank.py).
+    stream_statistics: str = "local"
+    # "matched": the signature distance below which two rounds' inputs count as the same.
+    # 0.12: on CIFAR-10-C rounds of 32 frames, 86% of a device's rounds in one corruption are
+    # closer than that to the last, 10% of its first rounds in a new one are
+    # (benchmarks/fleet/signature_probe.md; chosen there, before the fleet benchmark ran).
+    match_threshold: float = 0.12
     seed: int = 0  # the devices' streams and adapters
 
     def __post_init__(self) -> None:
@@ -52,6 +70,14 @@ class FleetConfig:
             from edgeadapt._suggest import unknown_name_message
 
             raise ConfigError(unknown_name_message("merge", self.merge, MERGES))
+        if self.stream_statistics not in STREAM_STATISTICS:
+            from edgeadapt._suggest import unknown_name_message
+
+            raise ConfigError(
+                unknown_name_message("stream_statistics", self.stream_statistics, STREAM_STATISTICS)
+            )
+        if not (math.isfinite(self.match_threshold) and self.match_threshold > 0):
+            raise ConfigError(f"match_threshold must be > 0, got {self.match_threshold!r}")
         if not (math.isfinite(self.merge_factor) and 0 < self.merge_factor <= 1):
             raise ConfigError(f"merge_factor must be in (0, 1], got {self.merge_factor!r}")
         if not (math.isfinite(self.trim) and 0 <= self.trim < 0.5):

@@ -93,6 +93,8 @@ class FleetDevice:
     def __init__(self, adapter: nn.Module, stream: DeviceStream, *, device_id: int = 0) -> None:
         self.adapter, self.stream, self.device_id = adapter, stream, device_id
         self.position = 0  # the next batch of the stream
+        # The input signature of the last round (statistics matching, statistics_bank.py).
+        self.last_signature: Tensor | None = None
 
     def adapt(self, steps: int) -> RoundStats:
         done, samples, errors, labelled = 0, 0, 0, True
@@ -112,10 +114,12 @@ class FleetDevice:
         """Everything adaptation built and where the stream is: `load_state_bytes` on a device
         the factory built afresh continues exactly here."""
         buf = io.BytesIO()
-        torch.save({"position": self.position, "adapter": self.adapter.resume_state()}, buf)
+        torch.save({"position": self.position, "adapter": self.adapter.resume_state(),
+                    "last_signature": self.last_signature}, buf)  # fmt: skip
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         self.adapter.load_resume_state(saved["adapter"])
         self.position = int(saved["position"])
+        self.last_signature = saved.get("last_signature")

@@ -101,4 +101,4 @@ def simulate(
             f"the simulation ended after {len(strategy.rounds)} of {config.rounds} rounds; "
             "rerun with verbose=True (edgeadapt fleet --verbose-flower) to see Flower's log"
         )
-    return FleetResult(f"fleet-{config.strategy}", strategy.rounds)
+    return strategy.result()

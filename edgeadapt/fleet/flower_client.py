@@ -18,6 +18,13 @@ from edgeadapt.fleet.payload import (
     state_from_arrays,
     state_to_arrays,
 )
+from edgeadapt.fleet.statistics_bank import (
+    InputSignature,
+    load_stream_statistics,
+    signature_distance,
+    stream_statistics,
+    stream_statistics_keys,
+)
 
 __all__ = ["connect", "make_client", "split_address", "wait_for_server"]
 
@@ -25,6 +32,9 @@ __all__ = ["connect", "make_client", "split_address", "wait_for_server"]
 # in turn, and rebuilding each from its saved state every round would be wasted work.
 _DEVICES: dict[tuple[str, int], tuple[FleetDevice, int]] = {}
 _STATE = "edgeadapt-device"  # the record in a simulated node's context.state
+# A device's input this round against its last (statistics matching): no last round to
+# compare with, the same input (its statistics go to the bank), or a new input (it asks).
+INPUT_FIRST, INPUT_STABLE, INPUT_CHANGED = 0, 1, 2
 
 
 def make_client(factory: DeviceFactory, device_id: int, *, context=None, run_key: str = ""):
@@ -64,15 +74,31 @@ def make_client(factory: DeviceFactory, device_id: int, *, context=None, run_key
             device = self._device()
             statistics = bool(config.get("share_statistics", True))
             mine = shared_state(device.adapter, statistics=statistics)
+            matched = config.get("stream_statistics", "local") == "matched"
+            stream_keys = matching_keys(device.adapter, mine) if matched else []
             if parameters:  # the fleet's aggregate of the last round
                 merge_shared_state(
-                    device.adapter, state_from_arrays(list(mine), parameters),
+                    device.adapter, state_from_arrays(list(mine), parameters[: len(mine)]),
                     merge=str(config.get("merge", "replace")),
                     factor=float(config.get("merge_factor", 0.5)), statistics=statistics,
                 )  # fmt: skip
-            stats = device.adapt(int(config["steps"]))
+            if parameters and len(parameters) > len(mine):  # the bank's statistics for us
+                load_stream_statistics(
+                    device.adapter, state_from_arrays(stream_keys, parameters[len(mine) :])
+                )
+            signature = InputSignature(device.adapter) if matched else None
+            try:
+                stats = device.adapt(int(config["steps"]))
+            finally:
+                if signature is not None:
+                    signature.remove()
             self.history.append(stats)
             state = shared_state(device.adapter, statistics=statistics)
+            extra, input_state = [], INPUT_FIRST
+            if signature is not None:
+                extra, input_state = _signature_upload(
+                    device, signature, stream_keys, float(config["match_threshold"])
+                )
             round_ = int(config["round"])
             _DEVICES[(run_key, device_id)] = (device, round_)
             if context is not None:
@@ -85,10 +111,34 @@ def make_client(factory: DeviceFactory, device_id: int, *, context=None, run_key
                 "steps": stats.steps,
                 "errors": -1 if stats.errors is None else stats.errors,
                 "layout": layout_digest(state),
+                "shared": len(state),
+                "input": input_state,
             }
-            return state_to_arrays(state), stats.samples, metrics
+            return state_to_arrays(state) + extra, stats.samples, metrics
 
     return FleetClient()
+
+
+def matching_keys(adapter, shared: dict) -> list[str]:
+    """The stream statistics a device matches with the fleet: every BN's, less those the
+    fleet already averages."""
+    return stream_statistics_keys(adapter, exclude=set(shared))
+
+
+def _signature_upload(device: FleetDevice, signature: InputSignature, keys: list[str],
+                      threshold: float) -> tuple[list, int]:  # fmt: skip
+    """What a device adds to its upload under statistics matching: this round's input
+    signature, and its stream statistics when its input held still since the last round."""
+    now = signature.take()
+    last, device.last_signature = device.last_signature, now
+    if now is None:
+        return [], INPUT_FIRST
+    if last is None:
+        return [now.numpy()], INPUT_FIRST
+    if signature_distance(now, last) < threshold:
+        statistics = state_to_arrays(stream_statistics(device.adapter, keys))
+        return [now.numpy(), *statistics], INPUT_STABLE
+    return [now.numpy()], INPUT_CHANGED
 
 
 def split_address(address: str) -> tuple[str, int]:

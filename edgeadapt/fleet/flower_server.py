@@ -11,8 +11,10 @@ import torch
 from edgeadapt.fleet._extra import quiet_flower
 from edgeadapt.fleet._extra import require_fleet as require
 from edgeadapt.fleet.config import FleetConfig, FleetConnectionError, FleetError
-from edgeadapt.fleet.flower_client import split_address
+from edgeadapt.fleet.flower_client import INPUT_CHANGED, INPUT_STABLE, split_address
+from edgeadapt.fleet.payload import state_from_arrays
 from edgeadapt.fleet.runner import DeviceRound, FleetResult
+from edgeadapt.fleet.statistics_bank import StatisticsBank
 from edgeadapt.fleet.strategies import aggregate
 
 __all__ = ["make_strategy", "serve", "wire_bytes"]
@@ -30,6 +32,8 @@ def _fit_config(config: FleetConfig, server_round: int) -> dict[str, Any]:
         "merge": config.merge,
         "merge_factor": config.merge_factor,
         "share_statistics": config.share_statistics,
+        "stream_statistics": config.stream_statistics,
+        "match_threshold": config.match_threshold,
     }
 
 
@@ -48,6 +52,10 @@ def make_strategy(config: FleetConfig, *, progress: bool = True, expect: int | N
             self.rounds: list[list[DeviceRound]] = []
             self.final: list | None = None  # the last aggregate, as numpy arrays
             self._sent: dict[str, int] = {}
+            # Statistics matching: the bank, and what each device gets next round (by cid).
+            self.bank = StatisticsBank(config.match_threshold)
+            self._pending: dict[str, list] = {}
+            self.swaps = 0  # devices handed a bank entry, over the run
             self.bar = tqdm(total=config.rounds, desc="fleet rounds", disable=not progress)
 
         def __repr__(self) -> str:
@@ -64,9 +72,17 @@ def make_strategy(config: FleetConfig, *, progress: bool = True, expect: int | N
                 )
             if server_round == 1:  # every device starts from the same adapter
                 parameters = Parameters(tensors=[], tensor_type="numpy.ndarray")
-            ins = FitIns(parameters, _fit_config(config, server_round))
-            self._sent = {c.cid: wire_bytes(parameters) for c in clients}
-            return [(c, ins) for c in clients]
+            fit_config = _fit_config(config, server_round)
+            out = []
+            for c in clients:
+                extra = self._pending.pop(c.cid, None)
+                mine = parameters
+                if extra is not None and self.final is not None:
+                    mine = ndarrays_to_parameters(list(self.final) + extra)
+                out.append((c, FitIns(mine, fit_config)))
+            self._pending.clear()
+            self._sent = {c.cid: wire_bytes(ins.parameters) for c, ins in out}
+            return out
 
         def aggregate_fit(self, server_round, results, failures):
             if failures:
@@ -84,6 +100,9 @@ def make_strategy(config: FleetConfig, *, progress: bool = True, expect: int | N
             updates, rows = [], []
             for proxy, res in results:
                 arrays = parameters_to_ndarrays(res.parameters)
+                shared = int(res.metrics.get("shared", len(arrays)))
+                self._match(proxy.cid, int(res.metrics.get("input", 0)), arrays[shared:])
+                arrays = arrays[:shared]
                 state = {str(i): torch.from_numpy(a.copy()) for i, a in enumerate(arrays)}
                 updates.append((state, int(res.num_examples)))
                 errors = int(res.metrics["errors"])
@@ -101,6 +120,29 @@ def make_strategy(config: FleetConfig, *, progress: bool = True, expect: int | N
             if server_round == config.rounds:
                 self.bar.close()
             return ndarrays_to_parameters(self.final), {}
+
+        def _match(self, cid: str, input_state: int, extra: list) -> None:
+            """Statistics matching: a stable device's statistics go into the bank; a device
+            whose input changed is handed the nearest entry next round, if one is close."""
+            if not extra:
+                return
+            signature = torch.from_numpy(extra[0].copy())
+            if input_state == INPUT_STABLE and len(extra) > 1:
+                keys = [str(i) for i in range(len(extra) - 1)]
+                self.bank.add(signature, state_from_arrays(keys, extra[1:]))
+            elif input_state == INPUT_CHANGED:
+                found = self.bank.lookup(signature)
+                if found is not None:
+                    self._pending[cid] = [t.numpy() for t in found.values()]
+                    self.swaps += 1
+
+        def result(self) -> FleetResult:
+            """Every device's every round; with statistics matching, its name says so and
+            its settings say how many entries the bank grew and how often one was handed out."""
+            if config.stream_statistics != "matched":
+                return FleetResult(f"fleet-{config.strategy}", self.rounds)
+            settings = {"bank_entries": len(self.bank.entries), "bank_handouts": self.swaps}
+            return FleetResult(f"fleet-{config.strategy}-matched", self.rounds, settings)
 
         def configure_evaluate(self, server_round, parameters, client_manager):
             return []  # devices have no labels to evaluate on: errors come from fit
@@ -146,4 +188,4 @@ def serve(
             server_address=server_address, config=ServerConfig(num_rounds=config.rounds),
             strategy=strategy, client_manager=TimedClientManager(),
         )  # fmt: skip
-    return FleetResult(f"fleet-{config.strategy}", strategy.rounds)
+    return strategy.result()

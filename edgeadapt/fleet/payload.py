@@ -4,7 +4,8 @@ The shared state is found structurally, as the adapter's own `adapter_state_keys
 trainable parameters and the buffers of the modules that own them. For EcoTTA that is the
 meta networks' weights and their BN running statistics, and nothing of the frozen backbone:
 not its weights, and not the stream statistics its frozen BNs keep (those describe the
-device's own current input, which another device's stream says nothing about). No input
+device's own current input, which another device's stream says nothing about; statistics
+matching, `statistics_bank`, exchanges those only between devices whose inputs match). No input
 ever leaves the device. Optimizer moments and an EcoTTA teacher stay local too.
 
 Merge (`merge_shared_state`): "replace" loads the aggregate; "interpolate" moves each

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.fleet.runner import FleetResult, rounds_table
+from edgeadapt.fleet.runner import FleetResult, devices_table, rounds_table
 
 __all__ = ["plot_fleet", "write_outputs"]
 
@@ -65,6 +65,9 @@ def write_outputs(
     """Write whichever of the three outputs have a path; returns the paths written."""
     written = []
     table = rounds_table(list(results))
+    per_device = devices_table(list(results))
+    if per_device:
+        table += f"\n\nPer device: online error (%) over the whole run.\n\n{per_device}"
     if json_path:
         payload = {**(extra or {}), "title": title, "results": [r.to_dict() for r in results]}
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from edgeadapt.fleet.device import DeviceFactory
 
-__all__ = ["DeviceRound", "FleetResult", "rounds_table", "run_isolated"]
+__all__ = ["DeviceRound", "FleetResult", "devices_table", "rounds_table", "run_isolated"]
 
 
 @dataclass
@@ -45,6 +45,22 @@ class FleetResult:
         wrong = sum(d.errors for r in self.rounds for d in r if d.errors is not None)
         return 100 * wrong / seen if seen else None
 
+    def device_errors(self) -> dict[int, float | None]:
+        """Online error (%) of each device over the whole run, by device id."""
+        seen: dict[int, int] = {}
+        wrong: dict[int, int | None] = {}
+        for r in self.rounds:
+            for d in r:
+                seen[d.device] = seen.get(d.device, 0) + d.samples
+                if d.errors is None or wrong.get(d.device, 0) is None:
+                    wrong[d.device] = None
+                else:
+                    wrong[d.device] = wrong.get(d.device, 0) + d.errors
+        return {
+            k: None if wrong[k] is None or not seen[k] else 100 * wrong[k] / seen[k]
+            for k in sorted(seen)
+        }
+
     def bytes_per_device(self) -> list[dict[str, float]]:
         """Mean bytes sent to and received from a device in each round."""
         return [
@@ -61,9 +77,16 @@ class FleetResult:
             "settings": self.settings,
             "mean_error": self.mean_error(),
             "round_errors": self.round_errors(),
+            "device_errors": {str(k): v for k, v in self.device_errors().items()},
             "bytes_per_device": self.bytes_per_device(),
             "rounds": [[asdict(d) for d in r] for r in self.rounds],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FleetResult:
+        """A result as `to_dict` wrote it (the derived fields are recomputed, not read)."""
+        rounds = [[DeviceRound(**d) for d in r] for r in data["rounds"]]
+        return cls(data["mode"], rounds, dict(data.get("settings", {})))
 
 
 def run_isolated(
@@ -106,4 +129,39 @@ def rounds_table(results: list[FleetResult]) -> str:
         lines.append(f"| {k + 1} | " + " | ".join(cells) + f" | {io_cell} |")
     means = ["—" if r.mean_error() is None else f"**{r.mean_error():.1f}**" for r in results]
     lines.append("| mean | " + " | ".join(means) + " | |")
+    return "\n".join(lines)
+
+
+def devices_table(results: list[FleetResult], baseline: str = "isolated") -> str:
+    """Markdown: each device's online error over the run in every result, each fleet run's
+    difference from `baseline` per device, and per fleet run the worst device's difference
+    and how many devices did better than alone. "" when no result is `baseline`."""
+    base = next((r for r in results if r.mode == baseline), None)
+    if base is None:
+        return ""
+    errors = {r.mode: r.device_errors() for r in results}
+    fleets = [r.mode for r in results if r.mode.startswith("fleet")]
+    head = ["device"] + [r.mode for r in results] + [f"{f} − {baseline}" for f in fleets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(v: float | None, signed: bool = False) -> str:
+        return "—" if v is None else (f"{v:+.2f}" if signed else f"{v:.2f}")
+
+    def diff(f: str, k: int) -> float | None:
+        a, b = errors[f].get(k), errors[baseline].get(k)
+        return None if a is None or b is None else a - b
+
+    for k in errors[baseline]:
+        row = [str(k)] + [cell(errors[r.mode].get(k)) for r in results]
+        row += [cell(diff(f, k), signed=True) for f in fleets]
+        lines.append("| " + " | ".join(row) + " |")
+    for f in fleets:
+        diffs = [(d, k) for k in errors[baseline] if (d := diff(f, k)) is not None]
+        if diffs:
+            worst, who = max(diffs)
+            better = sum(d < 0 for d, _ in diffs)
+            lines.append(
+                f"\n{f}: worst device {who} at {worst:+.2f} points against {baseline}; "
+                f"{better} of {len(diffs)} devices better than {baseline}."
+            )
     return "\n".join(lines)

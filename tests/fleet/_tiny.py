@@ -14,7 +14,11 @@ from edgeadapt.models import create_model
 BATCH = 8
 
 
-def tiny_fleet(images_per_domain: int = 16) -> CorruptionFleet:
+def tiny_fleet(
+    images_per_domain: int = 16,
+    corruptions: tuple[str, ...] = ("none", "gaussian_noise"),
+    severity: int = 3,
+) -> CorruptionFleet:
     torch.manual_seed(0)
     model = create_model("tiny_resnet")
     rng = np.random.default_rng(0)
@@ -22,7 +26,7 @@ def tiny_fleet(images_per_domain: int = 16) -> CorruptionFleet:
     labels = np.arange(40) % 10
     return CorruptionFleet(
         model=model, config=EcoTTAConfig(), source=GeneratedSource(images, labels),
-        labels=labels, corruptions=("none", "gaussian_noise"),
-        images_per_domain=images_per_domain, batch_size=BATCH, severity=3, delta=0.1,
+        labels=labels, corruptions=corruptions,
+        images_per_domain=images_per_domain, batch_size=BATCH, severity=severity, delta=0.1,
         input_shape=(3, 32, 32),
     )  # fmt: skip

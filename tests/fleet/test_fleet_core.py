@@ -11,8 +11,11 @@ from fleet._tiny import BATCH, tiny_fleet
 from edgeadapt import cli
 from edgeadapt.errors import CheckpointMismatchError, ConfigError
 from edgeadapt.fleet import (
+    DeviceRound,
     FleetConfig,
+    FleetResult,
     aggregate,
+    devices_table,
     merge_shared_state,
     run_isolated,
     shared_state,
@@ -189,3 +192,24 @@ def test_missing_flower_names_the_fleet_extra(monkeypatch, capsys):
     assert cli.main(["fleet", "--devices", "2"]) == 2
     err = capsys.readouterr().err
     assert "'fleet' extra" in err and 'pip install "edgeadapt[fleet]"' in err
+
+
+def _result(mode: str, errors_per_device: dict[int, list[int]], samples: int = 10) -> FleetResult:
+    rounds = [
+        [DeviceRound(k, r + 1, 1, samples, e[r]) for k, e in errors_per_device.items()]
+        for r in range(len(next(iter(errors_per_device.values()))))
+    ]
+    return FleetResult(mode, rounds)
+
+
+def test_devices_table_compares_every_device_with_isolated_and_names_the_worst():
+    isolated = _result("isolated", {0: [2, 2], 1: [5, 5], 2: [1, 1]})
+    fleet = _result("fleet-fedavg", {0: [1, 1], 1: [5, 6], 2: [1, 1]})
+    assert isolated.device_errors() == {0: 20.0, 1: 50.0, 2: 10.0}
+    table = devices_table([isolated, fleet])
+    assert "| 0 | 20.00 | 10.00 | -10.00 |" in table
+    assert "| 1 | 50.00 | 55.00 | +5.00 |" in table
+    assert "fleet-fedavg: worst device 1 at +5.00 points against isolated; 1 of 3" in table
+    assert devices_table([fleet]) == ""  # nothing to compare with
+    again = FleetResult.from_dict(fleet.to_dict())  # what run.py --render reads back
+    assert again.device_errors() == fleet.device_errors() and again.mode == fleet.mode

@@ -148,3 +148,25 @@ def test_a_client_walks_on_through_its_stream_from_round_to_round(fleet):
         torch.equal(torch.from_numpy(a), w)
         for a, w in zip(arrays, shared_state(same.adapter).values(), strict=True)
     )
+
+
+def test_matched_statistics_hand_a_changed_device_what_another_learnt_there():
+    # Stream seed 1: devices 0 and 1 see clean images then contrast, device 2 the reverse.
+    # Round 2 (input held still) fills the bank with one entry per input; in round 3 every
+    # device moves to the input another has been on, so each is handed that entry in round 4.
+    import dataclasses
+
+    from edgeadapt.fleet import simulate
+
+    fleet = dataclasses.replace(tiny_fleet(corruptions=("none", "contrast"), severity=5), seed=1)
+    assert [fleet.stream_plan(i)[0][0] for i in range(3)] == ["none", "none", "contrast"]
+    config = FleetConfig(devices=3, rounds=4, steps_per_round=1, stream_statistics="matched",
+                         share_statistics=False, match_threshold=0.5)  # fmt: skip
+    result = simulate(fleet, config, progress=False)
+    assert result.mode == "fleet-fedavg-matched"
+    assert result.settings == {"bank_entries": 2, "bank_handouts": 3}
+    first, stable = result.rounds[0][0].bytes_received, result.rounds[1][0].bytes_received
+    assert stable > first  # a stable device uploads its statistics beside the signature
+    plain = result.rounds[1][0].bytes_sent  # the aggregate alone
+    assert all(d.bytes_sent > plain for d in result.rounds[3])  # aggregate + an entry
+    assert all(d.bytes_sent == plain for d in result.rounds[2])
