@@ -28,6 +28,7 @@ __all__ = [
     "merge_shared_state",
     "shared_state",
     "shared_state_keys",
+    "state_copies",
     "state_from_arrays",
     "state_to_arrays",
 ]
@@ -57,11 +58,13 @@ def shared_state_keys(adapter: nn.Module, *, statistics: bool = True) -> list[st
 
 def shared_state(adapter: nn.Module, *, statistics: bool = True) -> dict[str, Tensor]:
     """Copies of the tensors `shared_state_keys` names."""
+    return state_copies(adapter, shared_state_keys(adapter, statistics=statistics))
+
+
+def state_copies(adapter: nn.Module, keys: list[str]) -> dict[str, Tensor]:
+    """Detached CPU copies of `adapter`'s state-dict tensors `keys`, in that order."""
     state = adapter.state_dict()
-    return {
-        k: state[k].detach().cpu().clone()
-        for k in shared_state_keys(adapter, statistics=statistics)
-    }
+    return {k: state[k].detach().cpu().clone() for k in keys}
 
 
 @torch.no_grad()

@@ -48,16 +48,17 @@ class FleetResult:
     def device_errors(self) -> dict[int, float | None]:
         """Online error (%) of each device over the whole run, by device id."""
         seen: dict[int, int] = {}
-        wrong: dict[int, int | None] = {}
+        wrong: dict[int, int] = {}
+        unlabelled: set[int] = set()
         for r in self.rounds:
             for d in r:
                 seen[d.device] = seen.get(d.device, 0) + d.samples
-                if d.errors is None or wrong.get(d.device, 0) is None:
-                    wrong[d.device] = None
+                if d.errors is None:
+                    unlabelled.add(d.device)
                 else:
                     wrong[d.device] = wrong.get(d.device, 0) + d.errors
         return {
-            k: None if wrong[k] is None or not seen[k] else 100 * wrong[k] / seen[k]
+            k: None if k in unlabelled or not seen[k] else 100 * wrong.get(k, 0) / seen[k]
             for k in sorted(seen)
         }
 

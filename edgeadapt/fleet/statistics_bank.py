@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from edgeadapt.fleet.payload import state_copies
+
 __all__ = [
     "BANK_MEMORY",
     "InputSignature",
@@ -61,8 +63,7 @@ def stream_statistics_keys(adapter: nn.Module, exclude: set[str] | frozenset[str
 
 
 def stream_statistics(adapter: nn.Module, keys: list[str]) -> dict[str, Tensor]:
-    state = adapter.state_dict()
-    return {k: state[k].detach().cpu().clone() for k in keys}
+    return state_copies(adapter, keys)
 
 
 @torch.no_grad()
