@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from edgeadapt.fleet.config import FleetError
 from edgeadapt.fleet.payload import state_copies
 
 __all__ = [
@@ -157,6 +158,25 @@ class StatisticsBank:
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
         self.entries: list[_Entry] = []
+        # The first upload's shapes: signature, then each statistic. Tensors of other shapes
+        # would broadcast into an entry (a (1,) mean into a (C,) one) without an error.
+        self._layout: list[tuple[int, ...]] | None = None
+
+    def _check_layout(self, signature: Tensor, statistics: dict[str, Tensor] | None) -> None:
+        shapes = [tuple(signature.shape)]
+        if statistics is not None:
+            shapes += [tuple(v.shape) for v in statistics.values()]
+        if self._layout is None:
+            if statistics is None:
+                return  # a lookup before any upload: nothing to compare with
+            self._layout = shapes
+        known = self._layout if statistics is not None else self._layout[:1]
+        if shapes != known:
+            raise FleetError(
+                f"a device sent an input signature or statistics of shapes {shapes[:4]}, where "
+                f"the fleet's are {known[:4]}; every device must wrap the same model with the "
+                "same config"
+            )
 
     def nearest(self, signature: Tensor) -> _Entry | None:
         """The entry nearest `signature`, if within the threshold."""
@@ -167,6 +187,7 @@ class StatisticsBank:
 
     def add(self, signature: Tensor, statistics: dict[str, Tensor]) -> None:
         """A stable device's statistics: into the nearest entry, or a new one."""
+        self._check_layout(signature, statistics)
         entry = self.nearest(signature)
         if entry is None:
             stats = {k: v.detach().to(torch.float64).clone() for k, v in statistics.items()}
@@ -180,6 +201,7 @@ class StatisticsBank:
 
     def lookup(self, signature: Tensor) -> dict[str, Tensor] | None:
         """Statistics for a device whose input changed to `signature` (None: none close)."""
+        self._check_layout(signature, None)
         entry = self.nearest(signature)
         if entry is None:
             return None

@@ -46,6 +46,20 @@ def test_a_bank_entry_follows_its_last_uploads():
     assert 0.95 < float(mean[0]) <= 1.0  # a running mean over the recent, not all history
 
 
+def test_the_bank_refuses_uploads_of_another_layout():
+    from edgeadapt.fleet import FleetError
+
+    bank = StatisticsBank(threshold=0.5)
+    assert bank.lookup(torch.zeros(3)) is None  # nothing to compare with yet
+    bank.add(torch.zeros(8), _stats(1.0))
+    wrong = {"bn.running_mean": torch.ones(1), "bn.running_var": torch.ones(4)}
+    with pytest.raises(FleetError, match="same model"):
+        bank.add(torch.zeros(8), wrong)  # would broadcast into the entry
+    with pytest.raises(FleetError, match="same model"):
+        bank.lookup(torch.zeros(1))  # would broadcast in the distance
+    assert len(bank.entries) == 1 and bank.entries[0].uploads == 1
+
+
 def _tiny_bn_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1),
