@@ -34,35 +34,16 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES = {
     "ea_frame_delta_u8": (_I, [_P, _P, _I, _I, _P, _P, _I]),
-    "ea_conv_delta": (_I, [_P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P]),
-    "ea_mark_pixels": (None, [_P, _I, _I, _I, _I, _I, _P, _P, _P]),
-    "ea_post": (
+    # pin, din, np, c, w, ho, wo, k, stride, pad, wt, wpack, o, acc, mask, all, scale, bias,
+    # bias_map, border, sck, sc_c, sc_w, sc_stride, sc_front, scq, inv_step, kmax, kmap,
+    # pix_out, delta_out, count
+    "ea_conv_post": (
         _I,
-        [
-            _P,
-            _I,
-            ctypes.c_int32,
-            _I,
-            _P,
-            _I,
-            _P,
-            _P,
-            ctypes.c_int32,
-            _P,
-            _I,
-            _I,
-            _I,
-            _I,
-            _P,
-            _I,
-            _P,
-            ctypes.c_float,
-            _P,
-            _P,
-            _P,
-            _P,
-        ],
+        [_P, _P, *[_I] * 8, _P, _P, _I, _P, _P, ctypes.c_int32, _P, _P, _P, _I, _P]
+        + [_I] * 4
+        + [_P, _P, ctypes.c_float, _P, _P, _P, _P],
     ),
+    "ea_mark_shortcut": (None, [_P, _I, _I, _I, _I, _I, _P]),
 }
 
 

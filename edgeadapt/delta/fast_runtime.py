@@ -78,6 +78,20 @@ def _ptr(t: Tensor) -> int:
     return t.data_ptr()
 
 
+def _interior_bias(bias_map: Tensor) -> tuple[Tensor, int]:
+    """(row, border) such that every pixel at least `border` from an edge of the (Ho, Wo, O)
+    map has exactly `row` as its bias; border -1 (and the centre row) when no such band is
+    narrower than half the map. Zero padding changes the stem's bias only near the edges, so
+    the epilogue reads one cached row for the interior instead of a map-sized stream."""
+    ho, wo = bias_map.shape[:2]
+    row = bias_map[ho // 2, wo // 2].contiguous()
+    for border in range(min(ho, wo) // 2):
+        inner = bias_map[border : ho - border, border : wo - border]
+        if bool((inner == row).all()):  # bit-equal rows: results stay exact
+            return row, border
+    return row, -1
+
+
 class _Layer:
     """Geometry and workspace of one conv at a given frame size."""
 
@@ -93,12 +107,16 @@ class _Layer:
         wp = spec.weight.reshape(chunks, 16, c, k * k) if chunks else spec.weight.new_zeros(0)
         self.wpack = wp.permute(2, 0, 3, 1).contiguous() if chunks else wp
         self.dense_macs = self.npix * o * c * k * k
-        self.mask = torch.zeros(self.npix, dtype=torch.uint8)
-        # One spare slot: the kernel stores a candidate before knowing it is new.
-        self.touched = torch.empty(self.npix + 1, dtype=torch.int32)
-        self.pix = torch.empty(self.npix, dtype=torch.int32)  # changed output pixels
+        self.mask = torch.zeros(self.npix, dtype=torch.uint8)  # output pixels to re-evaluate
+        self.pix = torch.empty(self.npix, dtype=torch.int32)  # changed output pixels, ascending
         self.delta = torch.empty(self.npix, o)  # and their delta rows
         self.count = 0  # changed output pixels of the latest frame
+        # Bias: one (O) row, or the stem's per-pixel map near the border (`_interior_bias`).
+        self.bias, self.bias_map, self.bias_border = spec.bias.contiguous(), None, 0
+
+    @property
+    def bias_map_ptr(self) -> int | None:
+        return None if self.bias_map is None else self.bias_map.data_ptr()
 
 
 class FastDeltaRuntime(nn.Module):
@@ -138,10 +156,9 @@ class FastDeltaRuntime(nn.Module):
             self.register_buffer(f"acc{i}", torch.zeros(g.npix, g.o))
             self.register_buffer(f"k{i}", torch.zeros(g.npix, g.o, dtype=torch.uint8))
             if spec.offset is not None:
-                bias = stem_bias_map(spec, h, w).reshape(g.npix, g.o)
-            else:
-                bias = spec.bias.contiguous()
-            g.bias = bias
+                bias_map = stem_bias_map(spec, h, w)
+                g.bias, g.bias_border = _interior_bias(bias_map)
+                g.bias_map = bias_map.reshape(g.npix, g.o)
         self._geometry = geometry
         self.prev_frame = torch.zeros(h, w, self.plan.in_channels, dtype=torch.uint8)
         self.in_pix = torch.empty(h * w, dtype=torch.int32)
@@ -230,7 +247,7 @@ class FastDeltaRuntime(nn.Module):
                 _ptr(x), _ptr(self.prev_frame), h * w, c, _ptr(self.in_pix), _ptr(self.in_delta), 0
             )
         performed, dense = 0, 0
-        nt = ctypes.c_int64(0)
+        count = ctypes.c_int64(0)
         kmax = self.plan.act_max
         for i, g in enumerate(self._geometry):
             start = time.perf_counter_ns()
@@ -240,31 +257,29 @@ class FastDeltaRuntime(nn.Module):
             else:
                 s = self._geometry[spec.source]
                 src_pix, src_delta, n_src = s.pix, s.delta, s.count
-            acc, kmap = getattr(self, f"acc{i}"), getattr(self, f"k{i}")
-            nt.value = 0
-            macs = lib.ea_conv_delta(
-                _ptr(src_pix), _ptr(src_delta), n_src, g.c, g.w, g.ho, g.wo, g.k,
-                spec.stride, spec.padding, _ptr(g.wt), _ptr(g.wpack), g.o, _ptr(acc),
-                _ptr(g.mask), _ptr(g.touched), ctypes.byref(nt),
-            )  # fmt: skip
-            if macs < 0:
-                raise ConfigError(f"{spec.name}: too many channels for the native kernels")
             sck, sc_c, sc_w, scq = None, 0, 0, None
             if spec.shortcut is not None:
                 s = self._geometry[spec.shortcut]
-                if not force:
-                    lib.ea_mark_pixels(
-                        _ptr(s.pix), s.count, s.wo, spec.shortcut_stride, g.ho, g.wo,
-                        _ptr(g.mask), _ptr(g.touched), ctypes.byref(nt),
-                    )  # fmt: skip
+                if not force:  # re-evaluate the pixels whose shortcut input changed
+                    lib.ea_mark_shortcut(
+                        _ptr(s.pix), s.count, s.wo, spec.shortcut_stride, g.ho, g.wo, _ptr(g.mask)
+                    )
                 sck, sc_c, sc_w = _ptr(getattr(self, f"k{spec.shortcut}")), s.o, s.wo
                 scq = _ptr(s.spec.step)
-            g.count = lib.ea_post(
-                _ptr(g.touched), nt.value, int(force), g.npix, _ptr(acc), g.o,
-                _ptr(spec.scale), _ptr(g.bias), int(spec.offset is not None),
-                sck, sc_c, sc_w, spec.shortcut_stride, spec.shortcut_front, scq, g.wo,
-                _ptr(spec.inv_step), kmax, _ptr(kmap), _ptr(g.mask), _ptr(g.pix), _ptr(g.delta),
+            macs = lib.ea_conv_post(
+                _ptr(src_pix), _ptr(src_delta), n_src, g.c, g.w, g.ho, g.wo, g.k,
+                spec.stride, spec.padding, _ptr(g.wt), _ptr(g.wpack), g.o,
+                _ptr(getattr(self, f"acc{i}")), _ptr(g.mask), int(force),
+                _ptr(spec.scale), _ptr(g.bias), g.bias_map_ptr, g.bias_border,
+                sck, sc_c, sc_w, spec.shortcut_stride, spec.shortcut_front, scq,
+                _ptr(spec.inv_step), kmax, _ptr(getattr(self, f"k{i}")), _ptr(g.pix),
+                _ptr(g.delta), ctypes.byref(count),
             )  # fmt: skip
+            if macs == -2:  # the lists are built ascending; anything else is a bug here
+                raise DeltaStateError(f"{spec.name}: changed-pixel list out of order")
+            if macs < 0:
+                raise ConfigError(f"{spec.name}: too many channels for the native kernels")
+            g.count = count.value
             performed += macs
             dense += g.dense_macs
             self.last_layer_ns[i] = time.perf_counter_ns() - start

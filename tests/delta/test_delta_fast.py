@@ -74,6 +74,8 @@ def test_bit_exact_against_dense_reference(widths):
         if t % 10 == 0 or t == len(frames) - 1:
             for name, got, want in zip(runtime.layer_names, runtime.layer_maps(), ref_maps):
                 assert torch.equal(got, want), f"frame {t}, {name}"
+            for g in runtime._geometry:  # the next layer finishes rows in order: ascending
+                assert bool((g.pix[: g.count].diff() > 0).all()), f"frame {t}, {g.spec.name}"
     assert runtime.scene_cuts == 2
     macs = runtime.macs()
     assert macs.performed < macs.dense / 2  # the patches are small: most work is skipped

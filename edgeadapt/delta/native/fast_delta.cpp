@@ -49,13 +49,42 @@ inline vu16 to_u8(vf16 v) {  // v holds integers in [0, 255]
   return __builtin_convertvector(__builtin_convertvector(v, vi16), vu16);
 }
 
+// Store the lanes of k whose `where` lane is set (all-ones); leave the others untouched.
+inline void store_u8_where(uint8_t* p, vu16 k, vi16 where) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  __m128i kk;
+  std::memcpy(&kk, &k, sizeof kk);
+  __m512i w;
+  std::memcpy(&w, &where, sizeof w);
+  _mm_mask_storeu_epi8(p, _mm512_test_epi32_mask(w, w), kk);
+#else
+  vu16 old;
+  std::memcpy(&old, p, sizeof old);
+  const vu16 sel = __builtin_convertvector(where, vu16);  // 0xff where set
+  const vu16 out = (k & sel) | (old & ~sel);
+  std::memcpy(p, &out, sizeof out);
+#endif
+}
+
+inline bool any_lane(vi16 m) {
+#ifdef __AVX512F__
+  __m512i w;
+  std::memcpy(&w, &m, sizeof w);
+  return _mm512_test_epi32_mask(w, w) != 0;
+#endif
+  for (int i = 0; i < 16; ++i) {
+    if (m[i]) return true;
+  }
+  return false;
+}
+
 // Prefetch `bytes` from p onwards (a row of a map that a later iteration reads).
 inline void prefetch_row(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
 }
 
-constexpr int kAhead = 6;
+constexpr int kAhead = 6;  // pixels to prefetch ahead: the maps are far larger than L2
 
 // Division of pixel indices by a fixed map width without a hardware divide (~25 cycles):
 // floor(q / w) = (q · ceil(2^40 / w)) >> 40, exact while q · w < 2^40 (checked by callers:
@@ -67,16 +96,14 @@ struct RowDiv {
   int64_t row(int64_t q) const { return static_cast<int64_t>((uint64_t(q) * m) >> 40); }
 };
 
-// The block-input pixel a shortcut reads for output pixel q (no division when unstrided).
-inline int64_t shortcut_pixel(int64_t q, int64_t wo, int64_t stride, int64_t w_in) {
-  if (stride == 1 && w_in == wo) return q;
-  return ((q / wo) * stride) * w_in + (q % wo) * stride;
-}  // pixels to prefetch ahead: the maps are far larger than L2
 
 constexpr int kMaxChannels = 4096;
 
 // Non-zero entries of one pixel's delta row (branch-free: most rows are a few percent full,
-// and a branch per channel mispredicts). AVX-512: 16 channels per compress instruction.
+// and a branch per channel mispredicts). AVX-512: 16 channels per compress instruction,
+// compressed into a register and stored whole: `idx` and `val` need 16 slots beyond `c`.
+// (The compress-to-memory form is microcoded on AMD Zen 4, ~100+ cycles each: it made this
+// function most of a layer's time, 200-500 cycles per changed pixel.)
 inline int nonzeros(const float* d, int64_t c, int* idx, float* val) {
   int nz = 0;
   int64_t i = 0;
@@ -85,9 +112,9 @@ inline int nonzeros(const float* d, int64_t c, int* idx, float* val) {
   for (; i + 16 <= c; i += 16) {
     const __m512 v = _mm512_loadu_ps(d + i);
     const __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    _mm512_mask_compressstoreu_ps(val + nz, m, v);
-    _mm512_mask_compressstoreu_epi32(idx + nz, m,
-                                     _mm512_add_epi32(lane, _mm512_set1_epi32(int(i))));
+    _mm512_storeu_ps(val + nz, _mm512_maskz_compress_ps(m, v));
+    _mm512_storeu_si512(idx + nz, _mm512_maskz_compress_epi32(
+                                      m, _mm512_add_epi32(lane, _mm512_set1_epi32(int(i)))));
     nz += __builtin_popcount(m);
   }
 #endif
@@ -208,6 +235,107 @@ EA_CONTRACT void accumulate_scalar(float** rows, int64_t taps, const float* wt, 
   }
 }
 
+// The epilogue of one conv (see ea_conv_post): parameters fixed for a layer, run per pixel.
+struct Epilogue {
+  const float* acc;
+  int64_t o;
+  const float* scale;
+  const float* bias;
+  const float* bias_map;
+  int64_t border;
+  const uint8_t* sck;
+  int64_t sc_c, sc_w, sc_stride, sc_front;
+  const float* scq;
+  int64_t ho, wo;
+  const float* inv_step;
+  float kmax;
+  uint8_t* kmap;
+  bool vec, sc_direct;
+
+  // Output pixel q of row i, column j: k = min(round(max(v, 0)·(1/q)), kmax) with
+  // v = acc·scale + bias [+ shortcut]; writes the delta row to d and k into kmap; true if
+  // k changed. `sc` is scratch for a padded shortcut (zero outside its channels).
+  bool run(int64_t q, int64_t i, int64_t j, float* d, float* sc, uint8_t* kn) const {
+    const float* a = acc + q * o;
+    const float* b = bias;
+    if (bias_map &&
+        (border < 0 || i < border || j < border || i >= ho - border || j >= wo - border)) {
+      b = bias_map + q * o;
+    }
+    const uint8_t* s =
+        sck ? sck + (sc_stride == 1 && sc_w == wo ? q : (i * sc_stride) * sc_w + j * sc_stride) * sc_c
+            : nullptr;
+    if (sck && !sc_direct) {
+      for (int64_t c = 0; c < sc_c; ++c) sc[sc_front + c] = static_cast<float>(s[c]) * scq[c];
+    }
+    uint8_t* km = kmap + q * o;
+    if (vec) {
+      // Compare in registers and write k back in place, only the lanes that changed: a
+      // staging buffer read back through narrower loads stalled store-to-load forwarding.
+      const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
+      vi16 moved = {};
+      for (int64_t c = 0; c < o; c += 16) {
+        vf16 v = load16(a + c) * load16(scale + c);
+        v = v + load16(b + c);
+        if (sc_direct) {
+          v = v + load16u8(s + c) * load16(scq + c);
+        } else if (sck) {
+          v = v + load16(sc + c);
+        }
+        v = v > zero ? v : zero;
+        v = v * load16(inv_step + c);
+        // Round half to even: exact for 0 <= v < 2^23; larger v clamp to kmax either way.
+        v = (v + magic) - magic;
+        v = v < vmax ? v : vmax;
+        const vf16 dv = v - load16u8(km + c);
+        store16(d + c, dv);
+        const vi16 lane_moved = dv != zero;
+        moved |= lane_moved;
+        store_u8_where(km + c, to_u8(v), lane_moved);
+      }
+      return any_lane(moved);
+    }
+    bool changed = false;
+    for (int64_t c = 0; c < o; ++c) {
+      float v = a[c] * scale[c];
+      v = v + b[c];
+      if (sck) v = v + sc[c];
+      v = v > 0.0f ? v : 0.0f;
+      v = std::min(std::nearbyint(v * inv_step[c]), kmax);
+      kn[c] = static_cast<uint8_t>(v);
+      d[c] = v - static_cast<float>(km[c]);
+      changed |= kn[c] != km[c];
+    }
+    if (changed) std::memcpy(km, kn, o);
+    return changed;
+  }
+
+  // The epilogue at each marked pixel of output row r (every pixel if `all`), 8 marks at a
+  // time; appends the changed ones to pix_out / delta_out from index n, returns the new n.
+  // Not inlined into the conv: that one is built with fp-contract=fast (its integer sums are
+  // exact either way), and an FMA here would round differently from the reference.
+  __attribute__((noinline)) int64_t finish_row(int64_t r, bool all, uint8_t* mask,
+                                               int32_t* pix_out, float* delta_out, int64_t n,
+                                               float* sc, uint8_t* kn) const {
+    const int64_t q0 = r * wo;
+    for (int64_t jj = 0; jj < wo; jj += 8) {
+      if (!all && jj + 8 <= wo) {
+        uint64_t m8;
+        std::memcpy(&m8, mask + q0 + jj, 8);
+        if (!m8) continue;
+      }
+      const int64_t j1 = std::min(jj + 8, wo);
+      for (int64_t j = jj; j < j1; ++j) {
+        const int64_t q = q0 + j;
+        if (!all && !mask[q]) continue;
+        mask[q] = 0;
+        if (run(q, r, j, delta_out + n * o, sc, kn)) pix_out[n++] = static_cast<int32_t>(q);
+      }
+    }
+    return n;
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -242,29 +370,70 @@ int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int
   return n;
 }
 
-// acc += conv2d(Δ) for the P changed input pixels `pin` with delta rows `din` (P, C).
-// Weights are laid out (K·K, C, O) in `wt` and packed (C, O/16, K·K, 16) in `wpack`. Output pixels that received anything are marked in `mask`
-// and appended to `touched` (count in *ntouched; it needs Ho·Wo + 1 slots, as a candidate is
-// stored before it is known to be new). Returns the MACs performed (non-zero input elements
-// × taps that land × O), or -1 for more than 4096 channels or a map too large for RowDiv.
-EA_CONTRACT int64_t ea_conv_delta(const int32_t* pin, const float* din, int64_t np, int64_t c, int64_t w,
-                      int64_t ho, int64_t wo, int64_t k, int64_t stride, int64_t pad,
-                      const float* wt, const float* wpack, int64_t o, float* acc, uint8_t* mask,
-                      int32_t* touched, int64_t* ntouched) {
-  if (c > kMaxChannels || k * k > 49) return -1;
+// One conv of the delta runtime, fused with its epilogue:
+//   acc += conv2d(Δ) for the P changed input pixels `pin` (ascending) with delta rows
+//   `din` (P, C); then at every output pixel that received something or is marked in
+//   `mask` (a shortcut's change, ea_mark_shortcut; every pixel if `all`) the epilogue
+//   v = acc·scale + bias [+ k_in·q_in of the shortcut]; k = min(round(max(v, 0)·(1/q)), kmax)
+// (the order of the PyTorch reference, fast_plan.reference_forward). k maps are uint8
+// (kmax <= 255). The pixels whose k changed are listed in `pix_out` (ascending, so the next
+// layer can take them as its `pin`) with their delta rows in `delta_out`, their count in
+// *count; `kmap` is updated and the marks cleared.
+// An output row is finished as soon as the input rows that reach it are done, while its
+// accumulator rows are still in cache (a separate pass over a list of touched pixels found
+// them evicted, the epilogue then cost 17-70 ns a pixel).
+// Weights are laid out (K·K, C, O) in `wt` and packed (C, O/16, K·K, 16) in `wpack`.
+// Bias: (O) `bias` for every pixel, except where `bias_map` ((Ho·Wo, O), the stem's) is
+// given: pixels less than `border` from an edge read their row of it (all pixels when
+// border < 0); the rest, whose rows all equal `bias`, read `bias` (one cached row instead of
+// a map-sized stream). Shortcut (`sck` not null): the block input's k map (H_in·W_in, sc_c),
+// read at (stride·i, stride·j), channel o - sc_front, scaled by its steps `scq`; channels
+// outside it are the zero padding.
+// Returns the MACs performed (non-zero input elements × taps that land × O); -1 for more
+// than 4096 channels, a kernel over 7×7 or a map too large; -2 if `pin` is not ascending.
+EA_CONTRACT int64_t ea_conv_post(
+    const int32_t* pin, const float* din, int64_t np, int64_t c, int64_t w, int64_t ho,
+    int64_t wo, int64_t k, int64_t stride, int64_t pad, const float* wt, const float* wpack,
+    int64_t o, float* acc, uint8_t* mask, int32_t all, const float* scale, const float* bias,
+    const float* bias_map, int64_t border, const uint8_t* sck, int64_t sc_c, int64_t sc_w,
+    int64_t sc_stride, int64_t sc_front, const float* scq, const float* inv_step, float kmax,
+    uint8_t* kmap, int32_t* pix_out, float* delta_out, int64_t* count) {
+  *count = 0;
+  if (c > kMaxChannels || o > kMaxChannels || k * k > 49) return -1;
+  if (sc_front < 0 || sc_front + sc_c > o || kmax > 255.0f || stride < 1) return -1;
   // RowDiv's exactness bound, with the input height bounded by the output's.
   if (double(w) * double(w) * double(ho * stride + k) >= double(uint64_t{1} << 40)) return -1;
   const RowDiv div(w);
-  int idx[kMaxChannels];
-  float val[kMaxChannels];
+  const Epilogue epi{acc, o, scale, bias, bias_map, border, sck, sc_c, sc_w, sc_stride,
+                     sc_front, scq, ho, wo, inv_step, kmax, kmap,
+                     o % 16 == 0, o % 16 == 0 && sck && sc_front == 0 && sc_c == o};
+  alignas(64) uint8_t kn[kMaxChannels];
+  alignas(64) float sc[kMaxChannels];
+  std::memset(sc, 0, sizeof(float) * o);  // option-A padding channels stay +0
+  int64_t n = 0, rows_done = 0;
+  auto finish_rows = [&](int64_t upto) {
+    for (; rows_done < upto; ++rows_done) {
+      n = epi.finish_row(rows_done, all, mask, pix_out, delta_out, n, sc, kn);
+    }
+  };
+  int idx[kMaxChannels + 16];  // + 16: nonzeros stores whole vectors
+  float val[kMaxChannels + 16];
   float* rows[49];
   int64_t outs[49];
   const int64_t taps = k * k;
   const bool vec = o % 16 == 0;
-  int64_t macs = 0, nt = *ntouched;
+  int64_t macs = 0, row_seen = -1, last = -1;
   float* vrows[49];
   int vtaps[49];
   for (int64_t p = 0; p < np; ++p) {
+    if (pin[p] <= last) return -2;
+    last = pin[p];
+    const int64_t i = div.row(pin[p]), j = pin[p] - i * w;
+    if (i != row_seen) {  // output rows whose last input row (r·stride - pad + k - 1) is done
+      row_seen = i;
+      const int64_t reach = i + pad - k;
+      if (reach >= 0) finish_rows(std::min(ho, reach / stride + 1));
+    }
     if (stride == 1 && p + kAhead < np) {  // the output rows a later pixel's taps land on
       const int64_t f = pin[p + kAhead], fr = div.row(f);
       const int64_t fi = fr - k + 1 + pad, fj = f - fr * w - k + 1 + pad;
@@ -278,15 +447,12 @@ EA_CONTRACT int64_t ea_conv_delta(const int32_t* pin, const float* din, int64_t 
     }
     const int nz = nonzeros(din + p * c, c, idx, val);
     if (!nz) continue;
-    const int64_t i = div.row(pin[p]), j = pin[p] - i * w;
     if (vec && k == 3 && stride == 1 && i + pad - k + 1 >= 0 && i + pad < ho && j + pad - k + 1 >= 0 &&
         j + pad < wo) {  // interior pixel: every tap lands, at fixed offsets
       const int64_t base = (i + pad) * wo + (j + pad);
       for (int64_t t = 0; t < taps; ++t) {
         const int64_t q = base - (t / k) * wo - t % k;
         vrows[t] = acc + q * o;
-        touched[nt] = static_cast<int32_t>(q);
-        nt += !mask[q];
         mask[q] = 1;
       }
       accumulate_3x3(vrows, wpack, o, nz, idx, val);
@@ -315,8 +481,6 @@ EA_CONTRACT int64_t ea_conv_delta(const int32_t* pin, const float* din, int64_t 
           const int64_t q = ri[a] * wo + ci[b];
           vrows[nv] = acc + q * o;
           vtaps[nv++] = static_cast<int>(rt[a] * 3 + ct[b]);
-          touched[nt] = static_cast<int32_t>(q);
-          nt += !mask[q];
           mask[q] = 1;
         }
       }
@@ -340,118 +504,31 @@ EA_CONTRACT int64_t ea_conv_delta(const int32_t* pin, const float* din, int64_t 
     }
     macs += static_cast<int64_t>(nz) * valid * o;
     for (int64_t t = 0; t < taps; ++t) {
-      const int64_t q = outs[t];
-      if (q >= 0) {
-        touched[nt] = static_cast<int32_t>(q);
-        nt += !mask[q];
-        mask[q] = 1;
-      }
+      if (outs[t] >= 0) mask[outs[t]] = 1;
     }
   }
-  *ntouched = nt;
+  finish_rows(ho);
+  *count = n;
   return macs;
 }
 
-// Mark the output pixels a strided shortcut reads from the changed input pixels `pin`.
-void ea_mark_pixels(const int32_t* pin, int64_t np, int64_t w, int64_t stride, int64_t ho,
-                    int64_t wo, uint8_t* mask, int32_t* touched, int64_t* ntouched) {
-  int64_t nt = *ntouched;
+// Mark the output pixels a shortcut reads from its changed input pixels `pin` (those the
+// shortcut's k map changed at), so that ea_conv_post re-evaluates them. stride: the
+// shortcut's subsampling; (w): the input map's width; (ho, wo): the output map's size.
+void ea_mark_shortcut(const int32_t* pin, int64_t np, int64_t w, int64_t stride, int64_t ho,
+                      int64_t wo, uint8_t* mask) {
+  if (stride == 1 && w == wo) {  // the same grid: no division
+    for (int64_t p = 0; p < np; ++p) mask[pin[p]] = 1;
+    return;
+  }
+  // RowDiv's bound: input pixels lie below row ho · stride (the shortcut subsamples them).
+  const bool by_row_div = double(w) * double(w) * double((ho + 1) * stride) < double(uint64_t{1} << 40);
+  const RowDiv div(w);
   for (int64_t p = 0; p < np; ++p) {
-    const int64_t i = pin[p] / w, j = pin[p] % w;
+    const int64_t i = by_row_div ? div.row(pin[p]) : pin[p] / w, j = pin[p] - i * w;
     if (i % stride || j % stride || i / stride >= ho || j / stride >= wo) continue;
-    const int64_t q = (i / stride) * wo + j / stride;
-    if (!mask[q]) {
-      mask[q] = 1;
-      touched[nt++] = static_cast<int32_t>(q);
-    }
+    mask[(i / stride) * wo + j / stride] = 1;
   }
-  *ntouched = nt;
-}
-
-// Epilogue of one conv at the touched output pixels (all of them if `all`):
-//   v = acc·scale + bias [+ k_in·q_in of the shortcut]; k = min(round(max(v, 0)·(1/q)), kmax)
-// (the order of the PyTorch reference, fast_plan.reference_forward). k maps are uint8
-// (kmax <= 255). Pixels whose k changed are listed in `pix_out` with their delta rows in
-// `delta_out`; `kmap` is updated and the touched marks cleared. `bias_map`: bias is
-// (Ho·Wo, O) instead of (O). Shortcut (`sck` not null): the block input's k map
-// (H_in·W_in, sc_c), read at (stride·i, stride·j), channel o - sc_front, scaled by its steps
-// `scq`; channels outside it are the zero padding.
-int64_t ea_post(const int32_t* touched, int64_t nt, int32_t all, int64_t npix,
-                const float* acc, int64_t o, const float* scale, const float* bias,
-                int32_t bias_map, const uint8_t* sck, int64_t sc_c, int64_t sc_w,
-                int64_t sc_stride, int64_t sc_front, const float* scq, int64_t wo,
-                const float* inv_step, float kmax, uint8_t* kmap, uint8_t* mask, int32_t* pix_out,
-                float* delta_out) {
-  if (o > kMaxChannels || sc_front < 0 || sc_front + sc_c > o || kmax > 255.0f) return -1;
-  alignas(64) uint8_t kn[kMaxChannels];
-  alignas(64) float sc[kMaxChannels];
-  std::memset(sc, 0, sizeof(float) * o);  // option-A padding channels stay +0
-  const bool vec = o % 16 == 0;
-  const bool sc_direct = vec && sck && sc_front == 0 && sc_c == o;  // identity shortcut
-  const int64_t count = all ? npix : nt;
-  const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
-  int64_t n = 0;
-  for (int64_t it = 0; it < count; ++it) {
-    const int64_t q = all ? it : touched[it];
-    if (!all && it + kAhead < count) {
-      const int64_t f = touched[it + kAhead];
-      prefetch_row(acc + f * o, o * 4);
-      prefetch_row(kmap + f * o, o);
-      if (sck) prefetch_row(sck + shortcut_pixel(f, wo, sc_stride, sc_w) * sc_c, sc_c);
-    }
-    mask[q] = 0;
-    const float* a = acc + q * o;
-    const float* b = bias_map ? bias + q * o : bias;
-    const uint8_t* s = sck ? sck + shortcut_pixel(q, wo, sc_stride, sc_w) * sc_c : nullptr;
-    if (sck && !sc_direct) {
-      for (int64_t c = 0; c < sc_c; ++c) sc[sc_front + c] = static_cast<float>(s[c]) * scq[c];
-    }
-    uint8_t* km = kmap + q * o;
-    float* d = delta_out + n * o;  // written in place; kept only if something changed
-    bool changed = false;
-    if (vec) {
-      for (int64_t i = 0; i < o; i += 16) {
-        vf16 v = load16(a + i) * load16(scale + i);
-        v = v + load16(b + i);
-        if (sc_direct) {
-          v = v + load16u8(s + i) * load16(scq + i);
-        } else if (sck) {
-          v = v + load16(sc + i);
-        }
-        v = v > zero ? v : zero;
-        v = v * load16(inv_step + i);
-        // Round half to even: exact for 0 <= v < 2^23; larger v clamp to kmax either way.
-        v = (v + magic) - magic;
-        v = v < vmax ? v : vmax;
-        const vu16 k8 = to_u8(v);
-        std::memcpy(kn + i, &k8, sizeof k8);
-        store16(d + i, v - load16u8(km + i));
-      }
-      uint64_t ne = 0;  // o is a multiple of 16: compare 8 activations at a time
-      for (int64_t i = 0; i < o; i += 8) {
-        uint64_t x, y;
-        std::memcpy(&x, kn + i, 8);
-        std::memcpy(&y, km + i, 8);
-        ne |= x ^ y;
-      }
-      changed = ne != 0;
-    } else {
-      for (int64_t i = 0; i < o; ++i) {
-        float v = a[i] * scale[i];
-        v = v + b[i];
-        if (sck) v = v + sc[i];
-        v = v > 0.0f ? v : 0.0f;
-        v = std::min(std::nearbyint(v * inv_step[i]), kmax);
-        kn[i] = static_cast<uint8_t>(v);
-        d[i] = v - static_cast<float>(km[i]);
-        changed |= kn[i] != km[i];
-      }
-    }
-    if (!changed) continue;
-    std::memcpy(km, kn, o);
-    pix_out[n++] = static_cast<int32_t>(q);
-  }
-  return n;
 }
 
 }  // extern "C"
