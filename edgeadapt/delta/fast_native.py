@@ -23,7 +23,7 @@ from pathlib import Path
 from edgeadapt._paths import user_cache_dir
 from edgeadapt.errors import EdgeAdaptError
 
-__all__ = ["NativeBuildError", "load_kernels", "native_available"]
+__all__ = ["NativeBuildError", "compiler_found", "load_kernels", "native_available"]
 
 SOURCE = Path(__file__).resolve().parent / "native" / "fast_delta.cpp"
 # -ffp-contract=off: the epilogue must round like the PyTorch reference (see the source).
@@ -130,6 +130,16 @@ def load_kernels() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
     return lib
+
+
+def compiler_found() -> bool:
+    """Whether a C++ compiler is on this machine (the kernels can then be built: a failed
+    build is a bug, not a missing tool, and `load_kernels` raises it)."""
+    try:
+        _compiler()
+    except NativeBuildError:
+        return False
+    return True
 
 
 def native_available() -> bool:

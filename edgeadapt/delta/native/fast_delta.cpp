@@ -38,11 +38,21 @@ typedef uint8_t vu16 __attribute__((vector_size(16)));  // 16 activations of a u
 typedef int32_t vi16 __attribute__((vector_size(64)));
 
 // Conversions go through int32: a direct float <-> uint8 vector conversion compiles to
-// per-lane extracts, through int32 to one widening / narrowing instruction each way.
+// per-lane extracts, through int32 to one widening / narrowing instruction each way. The
+// widening load is spelled with intrinsics where there are some: GCC 12 lowered the generic
+// form to 16 byte extracts and inserts (most of the epilogue's time).
 inline vf16 load16u8(const uint8_t* p) {
+#ifdef __AVX512F__
+  const __m512 f = _mm512_cvtepi32_ps(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  vf16 v;
+  std::memcpy(&v, &f, sizeof v);
+  return v;
+#else
   vu16 v;
   std::memcpy(&v, p, sizeof v);
   return __builtin_convertvector(__builtin_convertvector(v, vi16), vf16);
+#endif
 }
 
 inline vu16 to_u8(vf16 v) {  // v holds integers in [0, 255]
@@ -78,13 +88,6 @@ inline bool any_lane(vi16 m) {
   return false;
 }
 
-// Prefetch `bytes` from p onwards (a row of a map that a later iteration reads).
-inline void prefetch_row(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
-}
-
-constexpr int kAhead = 6;  // pixels to prefetch ahead: the maps are far larger than L2
 
 // Division of pixel indices by a fixed map width without a hardware divide (~25 cycles):
 // floor(q / w) = (q · ceil(2^40 / w)) >> 40, exact while q · w < 2^40 (checked by callers:
@@ -187,19 +190,55 @@ EA_CONTRACT void accumulate_vec(float* const* rows, const int* taps, const float
   }
 }
 
-// All 9 taps of a 3×3 kernel (interior pixels): tap offsets are compile-time constants.
-EA_CONTRACT void accumulate_3x3(float* const* rows, const float* wpack, int64_t o, int nz,
-                                const int* idx, const float* val) {
-  const int64_t chunks = o / 16;
+constexpr int kRunPixels = 64;     // changed pixels of one row taken together at most
+constexpr int kRunBuffer = 8192;   // their non-zero entries, buffered
+
+// A run of changed interior pixels of one input row of a stride-1 3×3 conv: input columns
+// js[0] < ... < js[len-1], at most one column apart, whose non-zero entries are
+// idx/val[off[m], off[m+1]). They land on output rows r0, r0-1, r0-2 (r0 = i + pad) and
+// columns js[0] + pad - 2 ... js[len-1] + pad. A window of three output columns slides
+// along: each column's accumulator rows are loaded and stored once per run, where a pixel at a
+// time loads and stores all nine it reaches (three times the accumulator traffic, most of a
+// dense-ish layer's time). Columns between the run's pixels only pass through the window.
+EA_CONTRACT void accumulate_run_3x3(float* acc, int64_t wo, int64_t o, int64_t r0, int64_t pad,
+                                    const int64_t* js, int len, const int* off, const int* idx,
+                                    const float* val, const float* wpack) {
+  const int64_t chunks = o / 16, first = js[0] + pad - 2, end = js[len - 1] + pad;
+  float* row[3];
+  for (int d = 0; d < 3; ++d) row[d] = acc + (r0 - d) * wo * o;
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    vf16 a[9];
-    for (int t = 0; t < 9; ++t) a[t] = load16(rows[t] + ch * 16);
-    for (int n = 0; n < nz; ++n) {
-      const float v = val[n];
-      const float* wp = wpack + (idx[n] * chunks + ch) * 9 * 16;
-      for (int t = 0; t < 9; ++t) a[t] += v * load16(wp + t * 16);
+    const int64_t lane = ch * 16;
+    vf16 x0[3], x1[3], x2[3];  // output columns col - 2, col - 1, col (col = j + pad)
+    for (int d = 0; d < 3; ++d) {
+      x0[d] = load16(row[d] + first * o + lane);
+      x1[d] = load16(row[d] + (first + 1) * o + lane);
     }
-    for (int t = 0; t < 9; ++t) store16(rows[t] + ch * 16, a[t]);
+    int m = 0;
+    for (int64_t j = js[0]; j <= js[len - 1]; ++j) {
+      const int64_t col = j + pad;
+      for (int d = 0; d < 3; ++d) x2[d] = load16(row[d] + col * o + lane);
+      if (js[m] == j) {
+        for (int n = off[m]; n < off[m + 1]; ++n) {
+          const float v = val[n];
+          const float* wp = wpack + (idx[n] * chunks + ch) * 9 * 16;  // tap (di, dj) at di·3+dj
+          for (int d = 0; d < 3; ++d) {
+            x2[d] += v * load16(wp + (d * 3) * 16);
+            x1[d] += v * load16(wp + (d * 3 + 1) * 16);
+            x0[d] += v * load16(wp + (d * 3 + 2) * 16);
+          }
+        }
+        ++m;
+      }
+      for (int d = 0; d < 3; ++d) {  // column col - 2 is complete for this run
+        store16(row[d] + (col - 2) * o + lane, x0[d]);
+        x0[d] = x1[d];
+        x1[d] = x2[d];
+      }
+    }
+    for (int d = 0; d < 3; ++d) {
+      store16(row[d] + (end - 1) * o + lane, x0[d]);
+      store16(row[d] + end * o + lane, x1[d]);
+    }
   }
 }
 
@@ -425,7 +464,14 @@ EA_CONTRACT int64_t ea_conv_post(
   int64_t macs = 0, row_seen = -1, last = -1;
   float* vrows[49];
   int vtaps[49];
-  for (int64_t p = 0; p < np; ++p) {
+  int ridx[kRunBuffer + 16], roff[kRunPixels + 1];  // + 16: nonzeros stores whole vectors
+  float rval[kRunBuffer + 16];
+  int64_t rjs[kRunPixels];
+  const bool runs = vec && k == 3 && stride == 1;
+  auto interior = [&](int64_t i, int64_t j) {  // every tap of input pixel (i, j) lands
+    return i + pad - k + 1 >= 0 && i + pad < ho && j + pad - k + 1 >= 0 && j + pad < wo;
+  };
+  for (int64_t p = 0, next = 1; p < np; p = next, next = p + 1) {
     if (pin[p] <= last) return -2;
     last = pin[p];
     const int64_t i = div.row(pin[p]), j = pin[p] - i * w;
@@ -434,31 +480,33 @@ EA_CONTRACT int64_t ea_conv_post(
       const int64_t reach = i + pad - k;
       if (reach >= 0) finish_rows(std::min(ho, reach / stride + 1));
     }
-    if (stride == 1 && p + kAhead < np) {  // the output rows a later pixel's taps land on
-      const int64_t f = pin[p + kAhead], fr = div.row(f);
-      const int64_t fi = fr - k + 1 + pad, fj = f - fr * w - k + 1 + pad;
-      for (int64_t di = 0; di < k; ++di) {
-        const int64_t r = fi + di;
-        if (r >= 0 && r < ho) {
-          const int64_t c0 = std::max<int64_t>(fj, 0), c1 = std::min<int64_t>(fj + k, wo);
-          if (c1 > c0) prefetch_row(acc + (r * wo + c0) * o, (c1 - c0) * o * 4);
+    if (runs && interior(i, j)) {  // this pixel and the next ones of its row, as one run
+      int len = 0;
+      roff[0] = 0;
+      for (int64_t q = p; q < np && len < kRunPixels; ++q) {
+        const int64_t f = pin[q], jq = f - i * w;
+        if (q > p && (f <= last || div.row(f) != i || !interior(i, jq) ||
+                      (len && jq - rjs[len - 1] > 2) || roff[len] + c + 16 > kRunBuffer)) {
+          if (f <= last) return -2;
+          break;
         }
+        last = f;
+        next = q + 1;
+        const int nz = nonzeros(din + q * c, c, ridx + roff[len], rval + roff[len]);
+        if (!nz) continue;
+        rjs[len] = jq;
+        roff[len + 1] = roff[len] + nz;
+        ++len;
       }
+      if (!len) continue;
+      accumulate_run_3x3(acc, wo, o, i + pad, pad, rjs, len, roff, ridx, rval, wpack);
+      const int64_t first = rjs[0] + pad - 2, end = rjs[len - 1] + pad;
+      for (int64_t d = 0; d < 3; ++d) std::memset(mask + (i + pad - d) * wo + first, 1, end - first + 1);
+      macs += static_cast<int64_t>(roff[len]) * taps * o;
+      continue;
     }
     const int nz = nonzeros(din + p * c, c, idx, val);
     if (!nz) continue;
-    if (vec && k == 3 && stride == 1 && i + pad - k + 1 >= 0 && i + pad < ho && j + pad - k + 1 >= 0 &&
-        j + pad < wo) {  // interior pixel: every tap lands, at fixed offsets
-      const int64_t base = (i + pad) * wo + (j + pad);
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t q = base - (t / k) * wo - t % k;
-        vrows[t] = acc + q * o;
-        mask[q] = 1;
-      }
-      accumulate_3x3(vrows, wpack, o, nz, idx, val);
-      macs += static_cast<int64_t>(nz) * taps * o;
-      continue;
-    }
     if (vec && k == 3 && stride == 2 && pad == 1 && i >= 1 && (i + 1) / 2 < ho && j >= 1 &&
         (j + 1) / 2 < wo) {
       // Interior pixel of a stride-2 3×3 conv: by parity it lands on 1 or 2 output rows
