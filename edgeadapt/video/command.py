@@ -319,26 +319,39 @@ def _setup_options(args: argparse.Namespace, setup_source, setups: list) -> dict
 
 
 def _format(summary: dict) -> str:
+    from edgeadapt.video.summary import times
+
     lat, macs = summary["latency_ms"], summary["macs"]
     lines = [
         f"frames {summary['frames']}, latency mean {lat['mean']:.2f} ms "
         f"(p50 {lat['p50']:.2f}, p99 {lat['p99']:.2f})",
         f"MACs/frame dense {macs['dense_per_frame']:,.0f}, performed "
-        f"{macs['performed_per_frame']:,.0f} ({macs['reduction']:.2f}x fewer, "
+        f"{macs['performed_per_frame']:,.0f} ({macs['vs_dense']}, "
         f"{100 * macs['skipped_fraction']:.1f}% skipped)",
         f"anchors {summary['anchors']}, scene cuts {summary['scene_cuts']} detected, "
         f"{summary['scene_cuts_signalled']} signalled",
     ]
     if "element_reduction" in macs:
-        lines.append(f"element-sparse MACs: {macs['element_reduction']:.2f}x fewer than dense")
+        element = times(macs["element_reduction"], "fewer", "more")
+        lines.append(f"element-sparse MACs: {element} than dense")
     if "agreement" in summary:
         lines.append(
             f"top-1 agreement with dense {100 * summary['agreement']:.1f}%, wall-clock "
-            f"dense/this {summary['wall_clock_ratio']:.2f}"
+            f"{summary['wall_clock_vs_dense']} than dense"
         )
     if "adaptation" in summary:
         a = summary["adaptation"]
-        lines.append(f"adaptation steps {a['steps']}, mean {a['mean_ms']:.1f} ms")
+        lines.append(
+            f"adaptation steps {a['steps']}, mean {a['mean_ms']:.1f} ms; with adaptation "
+            f"{a['macs_per_frame_incl_adaptation']:,.0f} MACs/frame "
+            f"({a['macs_vs_dense_incl_adaptation']} than dense prediction)"
+        )
+        if "wall_clock_vs_dense_incl_adaptation" in a:
+            lines.append(
+                f"per frame with adaptation {a['ms_per_frame_incl_adaptation']:.2f} ms "
+                f"({a['wall_clock_vs_dense_incl_adaptation']} than dense with the same "
+                "adaptation time)"
+            )
     if "adapter_setup" in summary:
         lines.append(f"adapter setup: {summary['adapter_setup']['summary']}")
     return "\n".join(lines)

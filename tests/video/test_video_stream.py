@@ -75,8 +75,22 @@ def test_adaptation_on_the_stream_leaves_the_model_alone(tiny_net, clip):
     assert [r.index for r in results if r.anchor] == [0, 4, 8]
     s = summarize(results)
     assert s["adaptation"]["steps"] == 3 and s["adaptation"]["macs_estimate"] > 0
+    # An anchor after every 4 frames plus 3 dense passes per adapted frame: more than dense,
+    # and said so, not as a "reduction" below 1.
+    a = s["adaptation"]
+    assert a["macs_per_frame_incl_adaptation"] > s["macs"]["dense_per_frame"]
+    assert a["macs_vs_dense_incl_adaptation"].endswith("x more")
     for k, v in tiny_net.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_ratios_are_said_as_more_or_fewer_never_a_reduction_below_one():
+    from edgeadapt.video.summary import times
+
+    assert times(2.5, "fewer", "more") == "2.50x fewer"
+    assert times(0.4, "fewer", "more") == "2.50x more"
+    assert times(1.0, "faster", "slower") == "1.00x faster"
+    assert times(0.0, "faster", "slower") == "infinitely slower"
 
 
 def test_augmenting_adapters_undo_the_streams_normalisation(tiny_net, clip, monkeypatch):
