@@ -105,8 +105,8 @@ constexpr int kMaxChannels = 4096;
 // Non-zero entries of one pixel's delta row (branch-free: most rows are a few percent full,
 // and a branch per channel mispredicts). AVX-512: 16 channels per compress instruction,
 // compressed into a register and stored whole: `idx` and `val` need 16 slots beyond `c`.
-// (The compress-to-memory form is microcoded on AMD Zen 4, ~100+ cycles each: it made this
-// function most of a layer's time, 200-500 cycles per changed pixel.)
+// (The compress-to-memory form is microcoded on AMD Zen 4: perf showed it as most of each
+// conv's time on the shared clips.)
 inline int nonzeros(const float* d, int64_t c, int* idx, float* val) {
   int nz = 0;
   int64_t i = 0;
