@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -38,6 +39,7 @@ from edgeadapt._paths import shared_dir
 from edgeadapt.delta import (
     FastDeltaConfig,
     deltaify,
+    fast_native,
     fast_reference_forward,
     to_fast_delta_runtime,
 )
@@ -188,7 +190,10 @@ def markdown(report: dict) -> str:
         )
         + " of 16 frames of the clip's first quarter.",
         "",
-        f"One thread ({report['machine']}, torch {report['torch']}), dense and delta "
+        f"One thread ({report['machine']}, torch {report['torch']}; dense on "
+        f"{report.get('dense_isa', '?')} kernels, oneDNN ISA cap "
+        f"{report.get('onednn_max_isa', 'default')}; delta kernels built with "
+        f"{report.get('delta_kernel_flags', '-march=native')}), dense and delta "
         "interleaved frame by frame; medians over the timed frames. Speed-up = dense ms / "
         "delta ms (wall-clock; CPU: thread time). MACs ↓ = dense MACs / MACs performed "
         "(anchor frame included). Agreement: top-1 of the delta runtime vs dense float32.",
@@ -309,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         "input": f"{size[0]}x{size[1]}, whole frame resized (box filter), aspect squashed",
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        # What the two sides ran on: PyTorch's kernel ISA (ATEN_CPU_CAPABILITY caps it; set
+        # ONEDNN_MAX_CPU_ISA too for the convolutions) and the delta kernels' -march
+        # ($EDGEADAPT_NATIVE_MARCH), so a run that emulates a CPU without AVX-512 says so.
+        "dense_isa": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+        "delta_kernel_flags": " ".join(fast_native.ARCH_FLAGS),
         "torch": torch.__version__,
         "clips": results,
         "seconds": time.perf_counter() - start,

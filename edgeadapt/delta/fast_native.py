@@ -28,7 +28,9 @@ __all__ = ["NativeBuildError", "compiler_found", "load_kernels", "native_availab
 SOURCE = Path(__file__).resolve().parent / "native" / "fast_delta.cpp"
 # -ffp-contract=off: the epilogue must round like the PyTorch reference (see the source).
 BASE_FLAGS = ("-O3", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi")
-ARCH_FLAGS = ("-march=native",)
+# `-march=native` unless $EDGEADAPT_NATIVE_MARCH names another target (e.g. "haswell": the
+# AVX2 code paths on an AVX-512 machine, to measure what a CPU without AVX-512 gets).
+ARCH_FLAGS = (f"-march={os.environ.get('EDGEADAPT_NATIVE_MARCH') or 'native'}",)
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64

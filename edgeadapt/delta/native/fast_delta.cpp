@@ -18,7 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -33,6 +33,72 @@ inline vf16 load16(const float* p) {
 }
 
 inline void store16(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
+
+// The accumulators' vector: a 16-channel chunk in one AVX-512 register. Without AVX-512 it is
+// done in halves of 8: nine 16-lane accumulators would need 18 of AVX2's 16 registers, and
+// the spills made the AVX2 build about 9x slower than the AVX-512 one.
+typedef float vf8 __attribute__((vector_size(32)));
+#ifdef __AVX512F__
+typedef vf16 vacc;
+#else
+typedef vf8 vacc;
+#endif
+constexpr int kAccLanes = sizeof(vacc) / sizeof(float);
+
+template <class V>
+inline V loadv(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <class V>
+inline void storev(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// 8 activations of a uint8 k map as floats.
+inline vf8 load8u8(const uint8_t* p) {
+#ifdef __AVX2__
+  const __m256 f = _mm256_cvtepi32_ps(
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  vf8 v;
+  std::memcpy(&v, &f, sizeof v);
+  return v;
+#else
+  vf8 v;
+  for (int l = 0; l < 8; ++l) v[l] = static_cast<float>(p[l]);
+  return v;
+#endif
+}
+
+// Write k (8 integers in [0, 255] held as floats) where dv is non-zero; true if any was.
+inline bool store8_changed(uint8_t* p, vf8 k, vf8 dv) {
+#ifdef __AVX2__
+  __m256 kk, dd;
+  std::memcpy(&kk, &k, sizeof kk);
+  std::memcpy(&dd, &dv, sizeof dd);
+  const __m256i moved = _mm256_castps_si256(_mm256_cmp_ps(dd, _mm256_setzero_ps(), _CMP_NEQ_UQ));
+  const __m256i k32 = _mm256_cvttps_epi32(kk);
+  const __m128i k16 =
+      _mm_packus_epi32(_mm256_castsi256_si128(k32), _mm256_extracti128_si256(k32, 1));
+  const __m128i m16 =
+      _mm_packs_epi32(_mm256_castsi256_si128(moved), _mm256_extracti128_si256(moved, 1));
+  const __m128i old = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i out = _mm_blendv_epi8(old, _mm_packus_epi16(k16, k16), _mm_packs_epi16(m16, m16));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), out);
+  return _mm256_movemask_ps(_mm256_castsi256_ps(moved)) != 0;
+#else
+  bool any = false;
+  for (int l = 0; l < 8; ++l) {
+    if (dv[l] != 0.0f) {
+      p[l] = static_cast<uint8_t>(k[l]);
+      any = true;
+    }
+  }
+  return any;
+#endif
+}
 
 typedef uint8_t vu16 __attribute__((vector_size(16)));  // 16 activations of a uint8 k map
 typedef int32_t vi16 __attribute__((vector_size(64)));
@@ -178,15 +244,16 @@ EA_CONTRACT void accumulate_vec(float* const* rows, const int* taps, const float
   const int64_t chunks = o / 16;
   int tap[T];
   for (int t = 0; t < T; ++t) tap[t] = taps[t] * 16;
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    vf16 a[T];
-    for (int t = 0; t < T; ++t) a[t] = load16(rows[t] + ch * 16);
+  for (int64_t part = 0; part < chunks * 16; part += kAccLanes) {
+    const int64_t ch = part / 16, in_chunk = part % 16;
+    vacc a[T];
+    for (int t = 0; t < T; ++t) a[t] = loadv<vacc>(rows[t] + part);
     for (int n = 0; n < nz; ++n) {
       const float v = val[n];
-      const float* wp = wpack + (idx[n] * chunks + ch) * ntaps * 16;
-      for (int t = 0; t < T; ++t) a[t] += v * load16(wp + tap[t]);
+      const float* wp = wpack + (idx[n] * chunks + ch) * ntaps * 16 + in_chunk;
+      for (int t = 0; t < T; ++t) a[t] += v * loadv<vacc>(wp + tap[t]);
     }
-    for (int t = 0; t < T; ++t) store16(rows[t] + ch * 16, a[t]);
+    for (int t = 0; t < T; ++t) storev(rows[t] + part, a[t]);
   }
 }
 
@@ -206,38 +273,39 @@ EA_CONTRACT void accumulate_run_3x3(float* acc, int64_t wo, int64_t o, int64_t r
   const int64_t chunks = o / 16, first = js[0] + pad - 2, end = js[len - 1] + pad;
   float* row[3];
   for (int d = 0; d < 3; ++d) row[d] = acc + (r0 - d) * wo * o;
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t lane = ch * 16;
-    vf16 x0[3], x1[3], x2[3];  // output columns col - 2, col - 1, col (col = j + pad)
+  for (int64_t part = 0; part < chunks * 16; part += kAccLanes) {
+    const int64_t ch = part / 16, lane = part, in_chunk = part % 16;
+    vacc x0[3], x1[3], x2[3];  // output columns col - 2, col - 1, col (col = j + pad)
     for (int d = 0; d < 3; ++d) {
-      x0[d] = load16(row[d] + first * o + lane);
-      x1[d] = load16(row[d] + (first + 1) * o + lane);
+      x0[d] = loadv<vacc>(row[d] + first * o + lane);
+      x1[d] = loadv<vacc>(row[d] + (first + 1) * o + lane);
     }
     int m = 0;
     for (int64_t j = js[0]; j <= js[len - 1]; ++j) {
       const int64_t col = j + pad;
-      for (int d = 0; d < 3; ++d) x2[d] = load16(row[d] + col * o + lane);
+      for (int d = 0; d < 3; ++d) x2[d] = loadv<vacc>(row[d] + col * o + lane);
       if (js[m] == j) {
         for (int n = off[m]; n < off[m + 1]; ++n) {
           const float v = val[n];
-          const float* wp = wpack + (idx[n] * chunks + ch) * 9 * 16;  // tap (di, dj) at di·3+dj
+          // tap (di, dj) at di·3+dj
+          const float* wp = wpack + (idx[n] * chunks + ch) * 9 * 16 + in_chunk;
           for (int d = 0; d < 3; ++d) {
-            x2[d] += v * load16(wp + (d * 3) * 16);
-            x1[d] += v * load16(wp + (d * 3 + 1) * 16);
-            x0[d] += v * load16(wp + (d * 3 + 2) * 16);
+            x2[d] += v * loadv<vacc>(wp + (d * 3) * 16);
+            x1[d] += v * loadv<vacc>(wp + (d * 3 + 1) * 16);
+            x0[d] += v * loadv<vacc>(wp + (d * 3 + 2) * 16);
           }
         }
         ++m;
       }
       for (int d = 0; d < 3; ++d) {  // column col - 2 is complete for this run
-        store16(row[d] + (col - 2) * o + lane, x0[d]);
+        storev(row[d] + (col - 2) * o + lane, x0[d]);
         x0[d] = x1[d];
         x1[d] = x2[d];
       }
     }
     for (int d = 0; d < 3; ++d) {
-      store16(row[d] + (end - 1) * o + lane, x0[d]);
-      store16(row[d] + end * o + lane, x1[d]);
+      storev(row[d] + (end - 1) * o + lane, x0[d]);
+      storev(row[d] + end * o + lane, x1[d]);
     }
   }
 }
@@ -309,6 +377,9 @@ struct Epilogue {
     }
     uint8_t* km = kmap + q * o;
     if (vec) {
+#ifndef __AVX512F__
+      return run8(a, b, s, km, d, sc);
+#else
       // Compare in registers and write k back in place, only the lanes that changed: a
       // staging buffer read back through narrower loads stalled store-to-load forwarding.
       const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
@@ -333,6 +404,7 @@ struct Epilogue {
         store_u8_where(km + c, to_u8(v), lane_moved);
       }
       return any_lane(moved);
+#endif
     }
     bool changed = false;
     for (int64_t c = 0; c < o; ++c) {
@@ -347,6 +419,31 @@ struct Epilogue {
     }
     if (changed) std::memcpy(km, kn, o);
     return changed;
+  }
+
+  // The vector epilogue without AVX-512: the same arithmetic, 8 lanes at a time (16-lane
+  // vectors spill AVX2's registers, and GCC lowers their uint8 conversions lane by lane).
+  bool run8(const float* a, const float* b, const uint8_t* s, uint8_t* km, float* d,
+            const float* sc) const {
+    const vf8 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
+    bool moved = false;
+    for (int64_t c = 0; c < o; c += 8) {
+      vf8 v = loadv<vf8>(a + c) * loadv<vf8>(scale + c);
+      v = v + loadv<vf8>(b + c);
+      if (sc_direct) {
+        v = v + load8u8(s + c) * loadv<vf8>(scq + c);
+      } else if (sck) {
+        v = v + loadv<vf8>(sc + c);
+      }
+      v = v > zero ? v : zero;
+      v = v * loadv<vf8>(inv_step + c);
+      v = (v + magic) - magic;  // round half to even, as above
+      v = v < vmax ? v : vmax;
+      const vf8 dv = v - load8u8(km + c);
+      storev(d + c, dv);
+      moved |= store8_changed(km + c, v, dv);
+    }
+    return moved;
   }
 
   // The epilogue at each marked pixel of output row r (every pixel if `all`), 8 marks at a
