@@ -26,14 +26,6 @@ namespace {
 
 typedef float vf16 __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register
 
-inline vf16 load16(const float* p) {
-  vf16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store16(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
-
 // The accumulators' vector: a 16-channel chunk in one AVX-512 register. Without AVX-512 it is
 // done in halves of 8: nine 16-lane accumulators would need 18 of AVX2's 16 registers, and
 // the spills made the AVX2 build about 9x slower than the AVX-512 one.
@@ -100,27 +92,23 @@ inline bool store8_changed(uint8_t* p, vf8 k, vf8 dv) {
 #endif
 }
 
+#ifdef __AVX512F__
+// 16-lane uint8 helpers of the AVX-512 epilogue (other builds use load8u8/store8_changed).
 typedef uint8_t vu16 __attribute__((vector_size(16)));  // 16 activations of a uint8 k map
 typedef int32_t vi16 __attribute__((vector_size(64)));
 
-// Conversions go through int32: a direct float <-> uint8 vector conversion compiles to
-// per-lane extracts, through int32 to one widening / narrowing instruction each way. The
-// widening load is spelled with intrinsics where there are some: GCC 12 lowered the generic
-// form to 16 byte extracts and inserts (most of the epilogue's time).
+// The widening load is spelled with intrinsics: GCC 12 lowered the generic vector conversion
+// to 16 byte extracts and inserts (most of the epilogue's time).
 inline vf16 load16u8(const uint8_t* p) {
-#ifdef __AVX512F__
   const __m512 f = _mm512_cvtepi32_ps(
       _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   vf16 v;
   std::memcpy(&v, &f, sizeof v);
   return v;
-#else
-  vu16 v;
-  std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(__builtin_convertvector(v, vi16), vf16);
-#endif
 }
 
+// Narrowing goes through int32: a direct float -> uint8 vector conversion compiles to
+// per-lane extracts, through int32 to one narrowing instruction.
 inline vu16 to_u8(vf16 v) {  // v holds integers in [0, 255]
   return __builtin_convertvector(__builtin_convertvector(v, vi16), vu16);
 }
@@ -133,7 +121,7 @@ inline void store_u8_where(uint8_t* p, vu16 k, vi16 where) {
   __m512i w;
   std::memcpy(&w, &where, sizeof w);
   _mm_mask_storeu_epi8(p, _mm512_test_epi32_mask(w, w), kk);
-#else
+#else  // AVX-512F without byte masks (Xeon Phi)
   vu16 old;
   std::memcpy(&old, p, sizeof old);
   const vu16 sel = __builtin_convertvector(where, vu16);  // 0xff where set
@@ -143,16 +131,11 @@ inline void store_u8_where(uint8_t* p, vu16 k, vi16 where) {
 }
 
 inline bool any_lane(vi16 m) {
-#ifdef __AVX512F__
   __m512i w;
   std::memcpy(&w, &m, sizeof w);
   return _mm512_test_epi32_mask(w, w) != 0;
-#endif
-  for (int i = 0; i < 16; ++i) {
-    if (m[i]) return true;
-  }
-  return false;
 }
+#endif
 
 
 // Division of pixel indices by a fixed map width without a hardware divide (~25 cycles):
@@ -385,20 +368,20 @@ struct Epilogue {
       const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
       vi16 moved = {};
       for (int64_t c = 0; c < o; c += 16) {
-        vf16 v = load16(a + c) * load16(scale + c);
-        v = v + load16(b + c);
+        vf16 v = loadv<vf16>(a + c) * loadv<vf16>(scale + c);
+        v = v + loadv<vf16>(b + c);
         if (sc_direct) {
-          v = v + load16u8(s + c) * load16(scq + c);
+          v = v + load16u8(s + c) * loadv<vf16>(scq + c);
         } else if (sck) {
-          v = v + load16(sc + c);
+          v = v + loadv<vf16>(sc + c);
         }
         v = v > zero ? v : zero;
-        v = v * load16(inv_step + c);
+        v = v * loadv<vf16>(inv_step + c);
         // Round half to even: exact for 0 <= v < 2^23; larger v clamp to kmax either way.
         v = (v + magic) - magic;
         v = v < vmax ? v : vmax;
         const vf16 dv = v - load16u8(km + c);
-        store16(d + c, dv);
+        storev(d + c, dv);
         const vi16 lane_moved = dv != zero;
         moved |= lane_moved;
         store_u8_where(km + c, to_u8(v), lane_moved);
