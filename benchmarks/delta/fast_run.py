@@ -18,12 +18,17 @@ and every layer's map every 25 frames.
 
     OMP_NUM_THREADS=1 python benchmarks/delta/fast_run.py                   # ~18 min
     OMP_NUM_THREADS=1 python benchmarks/delta/fast_run.py --frames 150 --exact-frames 0  # quick
+
+--model picks another backbone the runtime lowers, with its 10-class --checkpoint: e.g.
+torchvision's ResNet-18 trained by `edgeadapt train-source --model tv_resnet18` on CIFAR-10
+(benchmarks/delta/README_fast.md says how). --bits 6 --act-max 63: coarser quantiser steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -52,6 +57,22 @@ CHECKPOINT = "models/resnet20_cifar10jpeg.pt"
 CALIBRATION_FRAMES = 16
 
 
+def cpu_model() -> str:
+    """The CPU's model name and AVX-512 extensions (Linux): machines of one name differ, and
+    the dense side's speed depends on them (Zen 5 runs AVX-512 at full width, Zen 4 in two
+    halves; VP2INTERSECT is one way to tell them apart)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                 if ln.startswith("model name")), "?")  # fmt: skip
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                  if ln.startswith("flags")), [])  # fmt: skip
+    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    return f"{name} ({' '.join(avx512) or 'no AVX-512'})"
+
+
 def median_ms(xs: list[float]) -> float:
     return 1e3 * statistics.median(xs)
 
@@ -65,14 +86,14 @@ def timed(fn, *args):
 
 def run_clip(
     path: Path, dense, size, frames_wanted: int, exact: int, act_max: int, threshold: int,
-    quantile: float = 1.0,
+    quantile: float = 1.0, bits: int = 8,
 ) -> dict:  # fmt: skip
     frames = np.stack(list(open_frames(path, size=size, fit="squash")))
     start = len(frames) // 4
     calib = to_model_input(frames[:start][:: max(1, start // CALIBRATION_FRAMES)])
     # Steps on each channel's maximum (quantile 1.0): the runtime clamps its uint8 maps at
     # act_max, and clamping the top 0.1% biased the bottle clip's logits toward one class.
-    model = deltaify(dense, calib[:CALIBRATION_FRAMES], quantile=quantile).eval()
+    model = deltaify(dense, calib[:CALIBRATION_FRAMES], bits=bits, quantile=quantile).eval()
     config = FastDeltaConfig(act_max=act_max, input_threshold=threshold)
     runtime = to_fast_delta_runtime(model, config)
     dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
@@ -82,6 +103,7 @@ def run_clip(
     rows: dict[str, list[float]] = {k: [] for k in ("dense", "dense_cl", "fast")}
     cpu: dict[str, list[float]] = {k: [] for k in rows}
     layer_ns, changed, agree, flips, prev_top = [], [], [], 0, -1
+    rel_err, margin = [], []  # how close the logits are, beyond top-1 (a constant class agrees)
     with torch.no_grad():
         for i, f in enumerate(evals):
             x = to_model_input(f)
@@ -91,6 +113,9 @@ def run_clip(
             _, w_cl, c_cl = timed(dense_cl, x_cl)
             y_fast, w_f, c_f = timed(runtime, frame)
             agree.append(int(y_dense.argmax()) == int(y_fast.argmax()))
+            rel_err.append(float((y_fast - y_dense).norm() / y_dense.norm()))
+            top2 = y_dense.topk(2).values.flatten()
+            margin.append(float(top2[0] - top2[1]))
             if i and int(y_dense.argmax()) != prev_top:
                 flips += 1
             prev_top = int(y_dense.argmax())
@@ -111,7 +136,7 @@ def run_clip(
             "layer": name,
             "in_out_channels": [g.c, g.o],
             "out_hw": [g.ho, g.wo],
-            "dense_macs": g.dense_macs,
+            "dense_macs": g.dense_macs + (g.branch.dense_macs if g.branch else 0),
             "median_ms": float(ms),
             "changed_out_pixels": float(ch),
         }
@@ -135,6 +160,12 @@ def run_clip(
         "speedup_cpu": statistics.median(cpu["dense"]) / statistics.median(cpu["fast"]),
         "agreement_top1": float(np.mean(agree)),
         "dense_top1_flicker": flips / max(1, len(evals) - 1),
+        # ||logits_delta - logits_dense|| / ||logits_dense|| per frame, and the dense top-1
+        # margin: on a clip whose dense class never changes, top-1 agreement alone says little.
+        "logit_rel_error_median": float(np.median(rel_err)),
+        "logit_rel_error_p99": float(np.percentile(rel_err, 99)),
+        "dense_margin_min": float(min(margin)),
+        "dense_margin_median": float(np.median(margin)),
         "mac_reduction": macs.ratio,  # anchor frame included
         "mac_reduction_after_anchor": (macs.dense - anchor_macs.dense)
         / max(1, macs.performed - anchor_macs.performed),
@@ -178,7 +209,8 @@ def exactness(model, config: FastDeltaConfig, frames: np.ndarray) -> dict:
 def markdown(report: dict) -> str:
     h, w = report["size"]
     lines = [
-        f"# Fast exact delta runtime vs dense float32 (ResNet-20, whole frames at {h}×{w})",
+        f"# Fast exact delta runtime vs dense float32 ({report.get('model_name', 'resnet20')}, "
+        f"whole frames at {h}×{w})",
         "",
         f"Input threshold: {report.get('input_threshold', 0)} levels (a pixel is sent when a "
         "channel moved by more; exactness is checked against the dense reference on the frame "
@@ -190,7 +222,7 @@ def markdown(report: dict) -> str:
         )
         + " of 16 frames of the clip's first quarter.",
         "",
-        f"One thread ({report['machine']}, torch {report['torch']}; dense on "
+        f"One thread ({report.get('cpu', report['machine'])}, torch {report['torch']}; dense on "
         f"{report.get('dense_isa', '?')} kernels, oneDNN ISA cap "
         f"{report.get('onednn_max_isa', 'default')}; delta kernels built with "
         f"{report.get('delta_kernel_flags', '-march=native')}), dense and delta "
@@ -216,6 +248,17 @@ def markdown(report: dict) -> str:
             f"{r['speedup']:.2f}× / {r['speedup_vs_channels_last']:.2f}× | "
             f"{r['speedup_cpu']:.2f}× | {100 * r['agreement_top1']:.1f}% | "
             f"{r['mac_reduction']:.2f}× | {exact} |"
+        )
+    lines.append("")
+    for r in report["clips"]:
+        if "logit_rel_error_median" not in r:
+            continue
+        lines.append(
+            f"- {r['clip']}: logits of the delta runtime vs dense float32, relative L2 error "
+            f"median {r['logit_rel_error_median']:.4f}, 99th percentile "
+            f"{r['logit_rel_error_p99']:.4f}; dense top-1 margin min "
+            f"{r['dense_margin_min']:.3f}, median {r['dense_margin_median']:.3f}; dense top-1 "
+            f"changed on {100 * r['dense_top1_flicker']:.1f}% of frames."
         )
     for r in report["clips"]:
         lines += [
@@ -279,8 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--act-max", type=int, default=255, help="activation clamp (steps)")
     parser.add_argument("--input-threshold", type=int, default=FastDeltaConfig().input_threshold,
                         help="levels a pixel must move to be sent (FastDeltaConfig)")  # fmt: skip
+    parser.add_argument("--bits", type=int, default=8,
+                        help="quantiser steps: 2**bits - 1 to each channel's calibrated "
+                        "maximum (deltaify); with --act-max 2**bits - 1 the integer weights "
+                        "get the room the smaller activations leave")  # fmt: skip
     parser.add_argument("--quantile", type=float, default=1.0,
                         help="calibration quantile of each channel's steps (deltaify)")  # fmt: skip
+    parser.add_argument("--model", default="resnet20",
+                        help="a registered backbone the fast runtime lowers (resnet20, "
+                        "tv_resnet18, ...)")  # fmt: skip
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"its 10-class weights (default for resnet20: ../shared/{CHECKPOINT})")  # fmt: skip
     parser.add_argument("--out", default=str(HERE), help="folder for results_fast.{md,json}")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -288,10 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     clips = [Path(c) for c in args.clips] if args.clips else None
     clips = clips or sorted((shared_dir() / "data/videos").glob("*.mp4"))
-    if not clips or not (shared_dir() / CHECKPOINT).is_file():
-        print(f"no footage or checkpoint under {shared_dir()}; nothing to run", file=sys.stderr)
+    if args.checkpoint is None and args.model != "resnet20":
+        parser.error(f"--model {args.model} needs --checkpoint (its trained weights)")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else shared_dir() / CHECKPOINT
+    if not clips or not checkpoint.is_file():
+        print(f"no footage under {shared_dir()} or no checkpoint {checkpoint}", file=sys.stderr)
         return 1
-    dense = create_model("resnet20", checkpoint=shared_dir() / CHECKPOINT).eval()
+    dense = create_model(args.model, num_classes=10, checkpoint=checkpoint).eval()
     start = time.perf_counter()
     results = [
         run_clip(
@@ -303,17 +358,23 @@ def main(argv: list[str] | None = None) -> int:
             args.act_max,
             args.input_threshold,
             args.quantile,
+            args.bits,
         )
         for c in clips
     ]
     report = {
-        "model": f"resnet20 ({CHECKPOINT}), deltaified 8-bit, act_max {args.act_max}",
+        "model": f"{args.model} ({checkpoint.name}), deltaified {args.bits}-bit, "
+        f"act_max {args.act_max}",
+        "bits": args.bits,
+        "model_name": args.model,
+        "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         "calibration_quantile": args.quantile,
         "input_threshold": args.input_threshold,
         "size": list(size),
         "input": f"{size[0]}x{size[1]}, whole frame resized (box filter), aspect squashed",
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         # What the two sides ran on: PyTorch's kernel ISA (ATEN_CPU_CAPABILITY caps it; set
         # ONEDNN_MAX_CPU_ISA too for the convolutions) and the delta kernels' -march
         # ($EDGEADAPT_NATIVE_MARCH), so a run that emulates a CPU without AVX-512 says so.

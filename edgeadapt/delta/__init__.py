@@ -15,7 +15,8 @@ Inference: `to_delta_runtime(deltaified)` turns it into a stateful frame-by-fram
 (`DeltaRuntime`) whose conv / linear layers compute only what changed, with outputs equal to
 the dense quantised model's; `time_delta_layers` measures what that buys on this machine.
 
-Fast inference (CIFAR ResNets): `to_fast_delta_runtime(deltaified)` lowers the model to
+Fast inference (CIFAR ResNets, and traceable conv nets such as torchvision's ResNets:
+`lower_graph`): `to_fast_delta_runtime(deltaified)` lowers the model to
 integer activations and weights whose float32 sums are exact, and streams uint8 camera frames
 through fused C++ kernels (built on first use with g++) that pass change masks from layer to
 layer; outputs equal `fast_reference_forward(runtime.plan, frame)` bit for bit.
@@ -34,6 +35,7 @@ from edgeadapt.delta.distill import (
     save_delta_weights,
 )
 from edgeadapt.delta.errors import DeltaStateError, NotDeltaifiedError
+from edgeadapt.delta.fast_lower import lower_graph
 from edgeadapt.delta.fast_native import NativeBuildError, native_available
 from edgeadapt.delta.fast_plan import FastPlan, lower_cifar_resnet
 from edgeadapt.delta.fast_plan import reference_forward as fast_reference_forward
@@ -98,6 +100,7 @@ __all__ = [
     "linear_macs",
     "load_delta_weights",
     "lower_cifar_resnet",
+    "lower_graph",
     "make_clips",
     "native_available",
     "pixel_delta",

@@ -46,6 +46,10 @@ _SIGNATURES = {
         + [_P, _P, ctypes.c_float, _P, _P, _P, _P],
     ),
     "ea_mark_shortcut": (None, [_P, _I, _I, _I, _I, _I, _P]),
+    # pin, din, np, c, w, ho, wo, k, stride, pad, wt, wpack, o, acc, mask
+    "ea_conv_acc": (_I, [_P, _P, *[_I] * 8, _P, _P, _I, _P, _P]),
+    # pin, np, src, h, w, c, k, stride, pad, ho, wo, mask, all, kmap, pix_out, delta_out, count
+    "ea_maxpool_delta": (_I, [_P, _I, _P, *[_I] * 8, _P, ctypes.c_int32, _P, _P, _P, _P]),
 }
 
 

@@ -1,7 +1,8 @@
 """The integer model the fast delta runtime executes, and its dense PyTorch reference.
 
-A deltaified CIFAR ResNet (`deltaify` / `deltaify_modules` of a `CifarResNet`) is lowered to a
-list of conv layers over integer activations: every map is held as quantiser steps k (the
+A deltaified CIFAR ResNet (`deltaify` / `deltaify_modules` of a `CifarResNet`, here) or a
+traceable conv net such as torchvision's ResNets (`fast_lower.lower_graph`) is lowered to a
+list of conv layers (and max pools) over integer activations: every map is held as quantiser steps k (the
 `DeltaActivation` grid, clamped to `act_max` steps), the camera frame as its uint8 pixel
 values (input normalisation folded into the stem's weights and a per-pixel bias map, which
 keeps the zero padding exact). BN is folded, each input channel's step is folded into the
@@ -32,11 +33,30 @@ from edgeadapt.delta.errors import NotDeltaifiedError
 from edgeadapt.delta.quantize import DeltaActivation
 from edgeadapt.errors import ConfigError, InputError
 
-__all__ = ["ACC_BOUND", "ConvSpec", "FastPlan", "lower_cifar_resnet", "reference_forward"]
+__all__ = [
+    "ACC_BOUND",
+    "ConvBranch",
+    "ConvSpec",
+    "FastPlan",
+    "PoolSpec",
+    "lower_cifar_resnet",
+    "reference_forward",
+]
 
 # Largest sum |w|·k_max per output channel: a stored accumulator plus any partial sum of
 # increments then stays below 2^24, where float32 integers are exact.
 ACC_BOUND = 2**23
+
+
+@dataclass(frozen=True)
+class ConvBranch:
+    """A second conv adding into a layer's accumulator (a ResNet's downsample shortcut). Its
+    integer weights share the layer's per-channel scale, so the sum stays one exact integer."""
+
+    weight: Tensor  # (O, C, K, K) float32, integer values
+    stride: int
+    padding: int
+    source: int  # index of the layer whose k map is its input
 
 
 @dataclass(frozen=True)
@@ -59,13 +79,36 @@ class ConvSpec:
     # for the per-pixel bias of the normalisation under zero padding.
     offset_weight: Tensor | None = None
     offset: Tensor | None = None
+    branch: ConvBranch | None = None  # a second conv into the same accumulator
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A max pool over a k map. Max commutes with the per-channel quantiser, so its output is
+    a k map on the same steps, computed exactly on the integers."""
+
+    name: str
+    kernel: int
+    stride: int
+    padding: int
+    source: int
+    step: Tensor  # (C,) the source's steps, unchanged
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.step.shape[0])
 
 
 @dataclass(frozen=True)
 class FastPlan:
-    """The lowered network: convs in execution order, then global mean and a linear head."""
+    """The lowered network: convs and max pools in execution order, then global mean and a
+    linear head."""
 
-    layers: tuple[ConvSpec, ...]
+    layers: tuple[ConvSpec | PoolSpec, ...]
     head_weight: Tensor  # (classes, C) float32
     head_bias: Tensor  # (classes,) float32
     act_max: float  # activations are clamped to this many steps
@@ -74,6 +117,10 @@ class FastPlan:
     @property
     def out_step(self) -> Tensor:
         return self.layers[-1].step
+
+    @property
+    def out_channels(self) -> int:
+        return self.layers[-1].out_channels
 
 
 def stem_bias_map(spec: ConvSpec, h: int, w: int) -> Tensor:
@@ -102,7 +149,12 @@ def _quantiser(mod: nn.Module, where: str) -> DeltaActivation:
     )
 
 
-def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
+    """The conv's float64 weights and bias with an eval-mode BN after it folded in."""
+    if bn is None:
+        w = conv.weight.double()
+        b = torch.zeros(w.shape[0], dtype=torch.float64)
+        return w, b if conv.bias is None else b + conv.bias.double()
     g = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
     w = conv.weight.double() * g.view(-1, 1, 1, 1)
     b = bn.bias.double() - bn.running_mean.double() * g
@@ -113,17 +165,83 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 
 def _integer_weights(w: Tensor, k_in: Tensor) -> tuple[Tensor, Tensor]:
     """Round w (O, C, K, K) float64 to integers per output channel so sum |w|·k_in <= bound."""
-    mass = (w.abs() * k_in.view(1, -1, 1, 1)).sum((1, 2, 3))
+    (wq,), scale = joint_integer_weights([(w, k_in)])
+    return wq, scale
+
+
+def joint_integer_weights(parts: list[tuple[Tensor, Tensor]]) -> tuple[list[Tensor], Tensor]:
+    """Round several convs (w (O, C_i, K_i, K_i) float64, k_in (C_i,)) that add into one
+    accumulator to integers on one per-output-channel scale, so that the sum over all of them
+    of |w|·k_in stays <= ACC_BOUND: (integer weights float32, scale (O,) float32)."""
+    mass = sum((w.abs() * k.view(1, -1, 1, 1)).sum((1, 2, 3)) for w, k in parts)
     # Rounding can add up to half a unit per tap: leave that much room under the bound.
-    room = ACC_BOUND - 0.5 * float(k_in.sum()) * w.shape[2] * w.shape[3]
+    room = ACC_BOUND - sum(0.5 * float(k.sum()) * w.shape[2] * w.shape[3] for w, k in parts)
     if room <= 0:
-        raise ConfigError(f"layer too wide for exact float32 accumulation: {tuple(w.shape)}")
+        shapes = ", ".join(str(tuple(w.shape)) for w, _ in parts)
+        raise ConfigError(f"layer too wide for exact float32 accumulation: {shapes}")
     scale = torch.where(mass > 0, mass / room, torch.ones_like(mass)).float()
-    wq = (w / scale.double().view(-1, 1, 1, 1)).round()
-    used = (wq.abs() * k_in.view(1, -1, 1, 1)).sum((1, 2, 3))
+    out = [(w / scale.double().view(-1, 1, 1, 1)).round() for w, _ in parts]
+    used = sum((wq.abs() * k.view(1, -1, 1, 1)).sum((1, 2, 3)) for wq, (_, k) in zip(out, parts))
     if bool((used > ACC_BOUND).any()):  # cannot happen with the room above; kept as a guard
         raise ConfigError("integer weights exceed the exact-accumulation bound")
-    return wq.float(), scale
+    return [wq.float() for wq in out], scale
+
+
+def check_plain_conv(name: str, conv: nn.Conv2d) -> None:
+    """The convs the runtime's kernels take: dense, square, undilated, numeric padding."""
+    if conv.groups != 1 or conv.dilation != (1, 1) or isinstance(conv.padding, str):
+        raise ConfigError(f"{name}: the fast runtime supports plain convs, got {conv}")
+    if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
+        raise ConfigError(f"{name}: square kernels and strides only, got {conv}")
+    if conv.padding[0] != conv.padding[1]:
+        raise ConfigError(f"{name}: equal padding on both axes only, got {conv}")
+
+
+def stem_spec(
+    name: str,
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d | None,
+    step_out: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> ConvSpec:
+    """The first conv, reading uint8 pixels: the input normalisation (pixel/255 - mean)/std
+    is folded into its weights and a per-pixel bias (`stem_bias_map`)."""
+    check_plain_conv(name, conv)
+    c_in = conv.in_channels
+    if len(mean) != c_in or len(std) != c_in:
+        raise ConfigError(f"mean/std need {c_in} values, got {len(mean)}, {len(std)}")
+    m = torch.tensor(tuple(mean), dtype=torch.float64)
+    s = torch.tensor(tuple(std), dtype=torch.float64)
+    w, b = fold_bn(conv, bn)
+    wq, scale = _integer_weights(w / (255.0 * s).view(1, -1, 1, 1), torch.full((c_in,), 255.0))
+    return make_spec(name, conv, wq, scale, b, step_out, -1, offset_weight=w, offset=m / s)
+
+
+def make_spec(
+    name: str,
+    conv: nn.Conv2d,
+    weight: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    step_out: Tensor,
+    source: int,
+    **extra,
+) -> ConvSpec:
+    """A `ConvSpec` for `conv` with integer `weight` on `scale`, folded `bias` and the output
+    quantiser's steps `step_out`; `extra`: the optional fields (shortcut, branch, ...)."""
+    return ConvSpec(
+        name=name,
+        weight=weight,
+        scale=scale,
+        bias=bias.float(),
+        step=step_out.detach().float().clone(),
+        inv_step=(1.0 / step_out.detach().double()).float(),
+        stride=conv.stride[0],
+        padding=conv.padding[0],
+        source=source,
+        **extra,
+    )
 
 
 def _conv_spec(
@@ -135,24 +253,11 @@ def _conv_spec(
     step_out: Tensor,
     source: int,
 ) -> ConvSpec:
-    if conv.groups != 1 or conv.dilation != (1, 1) or isinstance(conv.padding, str):
-        raise ConfigError(f"{name}: the fast runtime supports plain convs, got {conv}")
-    if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
-        raise ConfigError(f"{name}: square kernels and strides only, got {conv}")
-    w, b = _fold_bn(conv, bn)
+    check_plain_conv(name, conv)
+    w, b = fold_bn(conv, bn)
     w_in = w * step_in.double().view(1, -1, 1, 1)
     wq, scale = _integer_weights(w_in, torch.full((w.shape[1],), float(k_in_max)).double())
-    return ConvSpec(
-        name=name,
-        weight=wq,
-        scale=scale,
-        bias=b.float(),
-        step=step_out.detach().float().clone(),
-        inv_step=(1.0 / step_out.detach().double()).float(),
-        stride=conv.stride[0],
-        padding=conv.padding[0],
-        source=source,
-    )
+    return make_spec(name, conv, wq, scale, b, step_out, source)
 
 
 @torch.no_grad()
@@ -179,27 +284,8 @@ def lower_cifar_resnet(
         )
     if act_max < 1:
         raise ConfigError(f"act_max must be >= 1, got {act_max}")
-    c_in = model.conv1.in_channels
-    if len(mean) != c_in or len(std) != c_in:
-        raise ConfigError(f"mean/std need {c_in} values, got {len(mean)}, {len(std)}")
-    m = torch.tensor(tuple(mean), dtype=torch.float64)
-    s = torch.tensor(tuple(std), dtype=torch.float64)
     q = _quantiser(model.relu, "relu").step
-    w, b = _fold_bn(model.conv1, model.bn1)
-    wq, scale = _integer_weights(w / (255.0 * s).view(1, -1, 1, 1), torch.full((c_in,), 255.0))
-    stem = ConvSpec(
-        name="conv1",
-        weight=wq,
-        scale=scale,
-        bias=b.float(),
-        step=q.detach().float().clone(),
-        inv_step=(1.0 / q.detach().double()).float(),
-        stride=model.conv1.stride[0],
-        padding=model.conv1.padding[0],
-        source=-1,
-        offset_weight=w,
-        offset=m / s,
-    )
+    stem = stem_spec("conv1", model.conv1, model.bn1, q, mean, std)
     layers = [stem]
     for stage in range(len(model.widths)):
         for i, block in enumerate(getattr(model, f"layer{stage + 1}")):
@@ -236,7 +322,7 @@ def lower_cifar_resnet(
         head_weight=model.linear.weight.detach().float().clone(),
         head_bias=model.linear.bias.detach().float().clone(),
         act_max=float(act_max),
-        in_channels=c_in,
+        in_channels=model.conv1.in_channels,
     )
 
 
@@ -262,8 +348,17 @@ def reference_forward(plan: FastPlan, frame: Tensor) -> tuple[Tensor, list[Tenso
     x = frame.permute(2, 0, 1)[None].double()
     maps: list[Tensor] = []
     for spec in plan.layers:
+        if isinstance(spec, PoolSpec):  # the max of integers: exact in any precision
+            src = maps[spec.source]
+            maps.append(F.max_pool2d(src, spec.kernel, spec.stride, spec.padding))
+            continue
         inp = x if spec.source < 0 else maps[spec.source].double()
-        acc = F.conv2d(inp, spec.weight.double(), None, spec.stride, spec.padding).float()
+        acc = F.conv2d(inp, spec.weight.double(), None, spec.stride, spec.padding)
+        if spec.branch is not None:  # integers below 2^24 in float64: the sum is exact
+            br = spec.branch
+            src = x if br.source < 0 else maps[br.source].double()
+            acc = acc + F.conv2d(src, br.weight.double(), None, br.stride, br.padding)
+        acc = acc.float()
         if spec.offset is not None:
             bias = stem_bias_map(spec, *frame.shape[:2]).permute(2, 0, 1)[None]
         else:

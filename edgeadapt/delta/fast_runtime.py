@@ -6,7 +6,9 @@ produced by the layer before; only the camera frame is ever compared in full), a
 into a channels-last float32 accumulator with dense vector inner loops over the output
 channels, re-quantises only the output pixels it touched, and lists the pixels whose
 quantised output changed for the next layer. Residual blocks also re-evaluate the pixels
-whose shortcut input changed; the global mean keeps exact per-channel sums of the last map.
+whose shortcut input changed; a downsample conv adds its deltas into the same accumulator
+before the block's last conv runs; a max pool re-takes the max only in windows holding a
+changed pixel; the global mean keeps exact per-channel sums of the last map.
 
 Exact: activations and weights are integers bounded so float32 sums are exact in any order
 (`fast_plan`), so every frame's logits and every layer's map equal `reference_forward` (the
@@ -29,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from edgeadapt.delta.errors import DeltaStateError
+from edgeadapt.delta.fast_lower import lower_for_fast_runtime
 from edgeadapt.delta.fast_native import load_kernels
-from edgeadapt.delta.fast_plan import FastPlan, head, lower_cifar_resnet, stem_bias_map
+from edgeadapt.delta.fast_plan import ConvSpec, FastPlan, PoolSpec, head, stem_bias_map
 from edgeadapt.delta.layers import MacCount
 from edgeadapt.errors import ConfigError, InputError
 
@@ -92,35 +95,82 @@ def _interior_bias(bias_map: Tensor) -> tuple[Tensor, int]:
     return row, -1
 
 
-class _Layer:
-    """Geometry and workspace of one conv at a given frame size."""
+def _packed(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(K, K, C, O) taps-then-rows weights, and (C, O/16, K·K, 16) for the vector path (one
+    input channel's tap vectors contiguous; empty when O is not a multiple of 16)."""
+    o, c, k, _ = weight.shape
+    wt = weight.permute(2, 3, 1, 0).contiguous()
+    chunks = o // 16 if o % 16 == 0 else 0
+    if not chunks:
+        return wt, weight.new_zeros(0)
+    return wt, weight.reshape(chunks, 16, c, k * k).permute(2, 0, 3, 1).contiguous()
 
-    def __init__(self, spec, h: int, w: int, c: int) -> None:
-        o, _, k, _ = spec.weight.shape
+
+def _out_size(n: int, k: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - k) // stride + 1
+
+
+class _Layer:
+    """Geometry and workspace of one conv (or max pool) at a given frame size."""
+
+    def __init__(self, spec: ConvSpec | PoolSpec, h: int, w: int, c: int) -> None:
+        pool = isinstance(spec, PoolSpec)
+        k = spec.kernel if pool else spec.weight.shape[2]
+        o = c if pool else spec.weight.shape[0]
+        if not pool and spec.weight.shape[1] != c:
+            raise ConfigError(
+                f"{spec.name}: weights for {spec.weight.shape[1]} input channels, its source "
+                f"map has {c}"
+            )
         self.spec, self.h, self.w, self.c, self.o, self.k = spec, h, w, c, o, k
-        self.ho = (h + 2 * spec.padding - k) // spec.stride + 1
-        self.wo = (w + 2 * spec.padding - k) // spec.stride + 1
+        self.ho = _out_size(h, k, spec.stride, spec.padding)
+        self.wo = _out_size(w, k, spec.stride, spec.padding)
+        if self.ho < 1 or self.wo < 1:
+            raise InputError(
+                f"{spec.name}: a {h}x{w} input map is smaller than its {k}x{k} window; "
+                "the frame is too small for this model"
+            )
         self.npix = self.ho * self.wo
-        self.wt = spec.weight.permute(2, 3, 1, 0).contiguous()  # (K, K, C, O): taps, then rows
-        # (C, O/16, K·K, 16): one input channel's tap vectors contiguous, for the vector path
-        chunks = o // 16 if o % 16 == 0 else 0
-        wp = spec.weight.reshape(chunks, 16, c, k * k) if chunks else spec.weight.new_zeros(0)
-        self.wpack = wp.permute(2, 0, 3, 1).contiguous() if chunks else wp
-        self.dense_macs = self.npix * o * c * k * k
+        self.dense_macs = 0 if pool else self.npix * o * c * k * k
+        if not pool:
+            self.wt, self.wpack = _packed(spec.weight)
         self.mask = torch.zeros(self.npix, dtype=torch.uint8)  # output pixels to re-evaluate
         self.pix = torch.empty(self.npix, dtype=torch.int32)  # changed output pixels, ascending
         self.delta = torch.empty(self.npix, o)  # and their delta rows
         self.count = 0  # changed output pixels of the latest frame
         # Bias: one (O) row, or the stem's per-pixel map near the border (`_interior_bias`).
-        self.bias, self.bias_map, self.bias_border = spec.bias.contiguous(), None, 0
+        self.bias = None if pool else spec.bias.contiguous()
+        self.bias_map, self.bias_border = None, 0
+        self.branch: _Branch | None = None
 
     @property
     def bias_map_ptr(self) -> int | None:
         return None if self.bias_map is None else self.bias_map.data_ptr()
 
 
+class _Branch:
+    """A second conv into a layer's accumulator (`ConvBranch`) at a given input size."""
+
+    def __init__(self, layer: _Layer, source: _Layer) -> None:
+        br = layer.spec.branch
+        self.spec, self.source = br, source
+        self.k = br.weight.shape[2]
+        size = (
+            _out_size(source.ho, self.k, br.stride, br.padding),
+            _out_size(source.wo, self.k, br.stride, br.padding),
+        )
+        if size != (layer.ho, layer.wo):
+            raise ConfigError(
+                f"{layer.spec.name}: its second conv gives {size[0]}x{size[1]} maps where the "
+                f"first gives {layer.ho}x{layer.wo}"
+            )
+        self.wt, self.wpack = _packed(br.weight)
+        self.dense_macs = layer.npix * br.weight[0].numel() * br.weight.shape[0]
+
+
 class FastDeltaRuntime(nn.Module):
-    """A deltaified CIFAR ResNet as an exact streaming frame processor with C++ kernels.
+    """A deltaified CIFAR ResNet or torchvision-style ResNet as an exact streaming frame
+    processor with C++ kernels.
 
     Call it on uint8 (H, W, C) frames in order (torch or numpy); it returns float32 logits
     (1, classes). Statistics: `macs()` / `last_macs()` (dense vs performed), `layer_names`
@@ -133,9 +183,7 @@ class FastDeltaRuntime(nn.Module):
         self._lib = load_kernels()
         self.layer_names = [s.name for s in plan.layers]
         self.register_buffer("prev_frame", torch.empty(0, dtype=torch.uint8))
-        self.register_buffer(
-            "sums", torch.zeros(plan.layers[-1].weight.shape[0], dtype=torch.float64)
-        )
+        self.register_buffer("sums", torch.zeros(plan.out_channels, dtype=torch.float64))
         self._geometry: list[_Layer] = []
         self.primed = False
         self.scene_cuts = 0
@@ -147,15 +195,18 @@ class FastDeltaRuntime(nn.Module):
     def _allocate(self, h: int, w: int) -> None:
         geometry: list[_Layer] = []
         for i, spec in enumerate(self.plan.layers):
-            src_hw = (
-                (h, w) if spec.source < 0 else (geometry[spec.source].ho, geometry[spec.source].wo)
-            )
-            c = spec.weight.shape[1]
-            geometry.append(_Layer(spec, *src_hw, c))
-            g = geometry[-1]
-            self.register_buffer(f"acc{i}", torch.zeros(g.npix, g.o))
+            if spec.source < 0:
+                g = _Layer(spec, h, w, self.plan.in_channels)
+            else:
+                s = geometry[spec.source]
+                g = _Layer(spec, s.ho, s.wo, s.o)
+            geometry.append(g)
+            pool = isinstance(spec, PoolSpec)
+            self.register_buffer(f"acc{i}", torch.zeros(0 if pool else g.npix, g.o))
             self.register_buffer(f"k{i}", torch.zeros(g.npix, g.o, dtype=torch.uint8))
-            if spec.offset is not None:
+            if not pool and spec.branch is not None:
+                g.branch = _Branch(g, geometry[spec.branch.source])
+            if not pool and spec.offset is not None:
                 bias_map = stem_bias_map(spec, h, w)
                 g.bias, g.bias_border = _interior_bias(bias_map)
                 g.bias_map = bias_map.reshape(g.npix, g.o)
@@ -248,40 +299,15 @@ class FastDeltaRuntime(nn.Module):
             )
         performed, dense = 0, 0
         count = ctypes.c_int64(0)
-        kmax = self.plan.act_max
         for i, g in enumerate(self._geometry):
             start = time.perf_counter_ns()
-            spec = g.spec
-            if spec.source < 0:
-                src_pix, src_delta, n_src = self.in_pix, self.in_delta, n_in
+            if isinstance(g.spec, PoolSpec):
+                macs = self._pool(i, g, force, count)
             else:
-                s = self._geometry[spec.source]
-                src_pix, src_delta, n_src = s.pix, s.delta, s.count
-            sck, sc_c, sc_w, scq = None, 0, 0, None
-            if spec.shortcut is not None:
-                s = self._geometry[spec.shortcut]
-                if not force:  # re-evaluate the pixels whose shortcut input changed
-                    lib.ea_mark_shortcut(
-                        _ptr(s.pix), s.count, s.wo, spec.shortcut_stride, g.ho, g.wo, _ptr(g.mask)
-                    )
-                sck, sc_c, sc_w = _ptr(getattr(self, f"k{spec.shortcut}")), s.o, s.wo
-                scq = _ptr(s.spec.step)
-            macs = lib.ea_conv_post(
-                _ptr(src_pix), _ptr(src_delta), n_src, g.c, g.w, g.ho, g.wo, g.k,
-                spec.stride, spec.padding, _ptr(g.wt), _ptr(g.wpack), g.o,
-                _ptr(getattr(self, f"acc{i}")), _ptr(g.mask), int(force),
-                _ptr(spec.scale), _ptr(g.bias), g.bias_map_ptr, g.bias_border,
-                sck, sc_c, sc_w, spec.shortcut_stride, spec.shortcut_front, scq,
-                _ptr(spec.inv_step), kmax, _ptr(getattr(self, f"k{i}")), _ptr(g.pix),
-                _ptr(g.delta), ctypes.byref(count),
-            )  # fmt: skip
-            if macs == -2:  # the lists are built ascending; anything else is a bug here
-                raise DeltaStateError(f"{spec.name}: changed-pixel list out of order")
-            if macs < 0:
-                raise ConfigError(f"{spec.name}: too many channels for the native kernels")
+                macs = self._conv(i, g, force, n_in, count)
             g.count = count.value
             performed += macs
-            dense += g.dense_macs
+            dense += g.dense_macs + (g.branch.dense_macs if g.branch else 0)
             self.last_layer_ns[i] = time.perf_counter_ns() - start
         last = self._geometry[-1]
         if last.count:
@@ -291,6 +317,66 @@ class FastDeltaRuntime(nn.Module):
         self._last = MacCount(dense + head_macs, performed + head_macs)
         self._macs = self._macs + self._last
         return head(self.plan, self.sums, last.npix)
+
+    def _source(self, index: int, n_in: int) -> tuple[Tensor, Tensor, int]:
+        """The changed pixels, delta rows and count a layer reading `index` receives."""
+        if index < 0:
+            return self.in_pix, self.in_delta, n_in
+        s = self._geometry[index]
+        return s.pix, s.delta, s.count
+
+    def _pool(self, i: int, g: _Layer, force: bool, count: ctypes.c_int64) -> int:
+        spec, s = g.spec, self._geometry[g.spec.source]
+        ret = self._lib.ea_maxpool_delta(
+            _ptr(s.pix), s.count, _ptr(getattr(self, f"k{spec.source}")), g.h, g.w, g.c, g.k,
+            spec.stride, spec.padding, g.ho, g.wo, _ptr(g.mask), int(force),
+            _ptr(getattr(self, f"k{i}")), _ptr(g.pix), _ptr(g.delta), ctypes.byref(count),
+        )  # fmt: skip
+        self._check_kernel(spec.name, ret)
+        return 0
+
+    def _conv(self, i: int, g: _Layer, force: bool, n_in: int, count: ctypes.c_int64) -> int:
+        lib, spec, macs = self._lib, g.spec, 0
+        acc = _ptr(getattr(self, f"acc{i}"))
+        if g.branch is not None:  # the downsample conv adds into the same accumulator first
+            br, src = g.branch, g.branch.source
+            pix, delta, n = self._source(br.spec.source, n_in)
+            macs = lib.ea_conv_acc(
+                _ptr(pix), _ptr(delta), n, src.o, src.wo, g.ho, g.wo, br.k, br.spec.stride,
+                br.spec.padding, _ptr(br.wt), _ptr(br.wpack), g.o, acc, _ptr(g.mask),
+            )  # fmt: skip
+            self._check_kernel(spec.name, macs)
+        src_pix, src_delta, n_src = self._source(spec.source, n_in)
+        sck, sc_c, sc_w, scq = None, 0, 0, None
+        if spec.shortcut is not None:
+            s = self._geometry[spec.shortcut]
+            if not force:  # re-evaluate the pixels whose shortcut input changed
+                lib.ea_mark_shortcut(
+                    _ptr(s.pix), s.count, s.wo, spec.shortcut_stride, g.ho, g.wo, _ptr(g.mask)
+                )
+            sck, sc_c, sc_w = _ptr(getattr(self, f"k{spec.shortcut}")), s.o, s.wo
+            scq = _ptr(s.spec.step)
+        ret = lib.ea_conv_post(
+            _ptr(src_pix), _ptr(src_delta), n_src, g.c, g.w, g.ho, g.wo, g.k,
+            spec.stride, spec.padding, _ptr(g.wt), _ptr(g.wpack), g.o,
+            acc, _ptr(g.mask), int(force),
+            _ptr(spec.scale), _ptr(g.bias), g.bias_map_ptr, g.bias_border,
+            sck, sc_c, sc_w, spec.shortcut_stride, spec.shortcut_front, scq,
+            _ptr(spec.inv_step), self.plan.act_max, _ptr(getattr(self, f"k{i}")), _ptr(g.pix),
+            _ptr(g.delta), ctypes.byref(count),
+        )  # fmt: skip
+        self._check_kernel(spec.name, ret)
+        return macs + ret
+
+    @staticmethod
+    def _check_kernel(name: str, ret: int) -> None:
+        if ret == -2:  # the lists are built ascending; anything else is a bug here
+            raise DeltaStateError(f"{name}: changed-pixel list out of order")
+        if ret < 0:
+            raise ConfigError(
+                f"{name}: beyond the native kernels' limits (more than 4096 channels, a kernel "
+                "over 7x7, a map too large, or a pool padded beyond half its window)"
+            )
 
     def seen_frame(self) -> Tensor:
         """The uint8 frame the network's state is for (a copy): the latest frame, except
@@ -309,7 +395,9 @@ class FastDeltaRuntime(nn.Module):
 def to_fast_delta_runtime(
     model: nn.Module, config: FastDeltaConfig | None = None
 ) -> FastDeltaRuntime:
-    """Lower a deltaified `CifarResNet` to the fast exact runtime; `model` is not modified.
+    """Lower a deltaified `CifarResNet`, or a deltaified traceable conv net of the ops
+    `lower_graph` takes (torchvision's ResNets: 7×7 stem, max pool, downsample convs), to the
+    fast exact runtime; `model` is not modified.
 
     Builds the C++ kernels on first use (`NativeBuildError` if no compiler works). The
     runtime's dense reference is `reference_forward(runtime.plan, frame)`. Its maps clamp at
@@ -317,5 +405,5 @@ def to_fast_delta_runtime(
     99.9th percentile, clamps the largest 0.1% of every channel and biases the logits).
     """
     config = config or FastDeltaConfig()
-    plan = lower_cifar_resnet(model, act_max=config.act_max, mean=config.mean, std=config.std)
+    plan = lower_for_fast_runtime(model, act_max=config.act_max, mean=config.mean, std=config.std)
     return FastDeltaRuntime(plan, config)

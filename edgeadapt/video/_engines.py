@@ -178,7 +178,8 @@ def _element_macs(layer: DeltaLayer, changed: Tensor) -> int:
 
 
 class FastEngine:
-    """The fast exact delta runtime (`to_fast_delta_runtime`, CIFAR ResNets, C++ kernels) over
+    """The fast exact delta runtime (`to_fast_delta_runtime`, CIFAR and torchvision-style
+    ResNets, C++ kernels) over
     a deltaified model. It takes the uint8 (H, W, 3) frame itself (normalisation is folded
     in) and holds pixels within its own input threshold. `layer_nonzero` is, per layer, the
     share of its output pixels whose value changed: the pixels the next layer's Δ holds."""

@@ -76,7 +76,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--fast",
         action="store_true",
-        help="with --delta: the fast exact delta runtime (CIFAR ResNets: C++ kernels on the "
+        help="with --delta: the fast exact delta runtime (CIFAR and torchvision-style ResNets: "
+        "C++ kernels on the "
         "uint8 frames, several times the PyTorch delta runtime's speed; does not adapt)",
     )
     p.add_argument(

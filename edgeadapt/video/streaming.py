@@ -18,7 +18,7 @@ order, predicting each frame as it arrives (batch of one). Options:
   can partition, and adapts it with its quantisers in place (straight-through gradients),
   so what adapts is what streams.
 - `fast` (with `delta`): the fast exact delta runtime instead (`to_fast_delta_runtime`:
-  CIFAR ResNets, C++ kernels, the uint8 frame in; several times faster than the PyTorch delta
+  CIFAR ResNets and torchvision-style ResNets, C++ kernels, the uint8 frame in; several times faster than the PyTorch delta
   runtime). It runs a fixed integer model, so it does not adapt. A model deltaified here is
   calibrated on each channel's maximum (`deltaify(..., quantile=1.0)`): the runtime's maps
   clamp there.
@@ -166,7 +166,7 @@ def stream(
     `on_setup(record)` receives what ran (also `adapter.setup_record`).
     `scene_cut`: how cuts are detected (module docstring).
     """
-    fast_config = _fast_config(fast, model, delta, adapt, input_threshold, mean, std)
+    fast_config = _fast_config(fast, model, delta, adapt, input_threshold, mean, std, bits)
     if adapt is not None and batch_size < 2:
         raise ConfigError(f"adaptation needs batches of 2 or more frames, got {batch_size}")
     if calibration_frames < 2:
@@ -273,19 +273,16 @@ def stream(
         yield result
 
 
-def _fast_config(fast, model, delta, adapt, input_threshold, mean, std):
+def _fast_config(fast, model, delta, adapt, input_threshold, mean, std, bits):
     """The fast runtime's config for `stream(fast=True)`, refusing what it cannot do before
-    any frame is read; None without `fast`."""
+    any frame is read; None without `fast`. A model deltaified here with `bits` has its
+    maps clamp at 2**bits - 1 steps, where its calibrated maximum lies; a smaller clamp also
+    leaves the integer weights more room under the exact-accumulation bound."""
     if not fast:
         return None
     from edgeadapt.delta import FastDeltaConfig
-    from edgeadapt.models.cifar_resnet import CifarResNet
+    from edgeadapt.delta.fast_lower import check_lowerable
 
-    if not isinstance(model, CifarResNet):
-        raise ConfigError(
-            f"the fast delta runtime runs CIFAR ResNets (resnet20, resnet32, ...), got "
-            f"{type(model).__name__}: drop fast for the PyTorch delta runtime"
-        )
     if not delta:
         raise ConfigError("fast=True is the fast delta runtime: it needs delta=True")
     if adapt is not None:
@@ -293,7 +290,12 @@ def _fast_config(fast, model, delta, adapt, input_threshold, mean, std):
             "the fast delta runtime runs a fixed integer model and cannot adapt: drop adapt "
             "(or fast, for the PyTorch delta runtime, which adapts)"
         )
-    config = FastDeltaConfig(mean=tuple(mean), std=tuple(std))
+    deltaified = bool(delta_activations(model))
+    if not deltaified and not 1 <= bits <= 8:
+        raise ConfigError(f"the fast runtime's maps are uint8: bits must be 1-8, got {bits}")
+    check_lowerable(model)  # a model with an op the kernels lack, refused before any frame
+    act_max = 255 if deltaified else 2**bits - 1
+    config = FastDeltaConfig(act_max=act_max, mean=tuple(mean), std=tuple(std))
     if input_threshold is None:
         return config
     if float(input_threshold) != int(input_threshold):

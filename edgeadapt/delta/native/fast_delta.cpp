@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -212,6 +213,46 @@ inline int tap_rows_any(int64_t stride, int64_t i, int64_t j, int64_t k, int64_t
   return tap_rows<0>(stride, i, j, k, pad, ho, wo, o, acc, rows, outs);
 }
 
+// The taps of input pixel (i, j) that land, listed directly: tap (di, dj) lands when
+// i + pad - di is a non-negative multiple of the stride below ho·stride (and so for j); the
+// landing rows and columns are found on their own (at most ceil(K/stride) each) and
+// combined, instead of testing all K·K taps (a 7×7 stride-2 stem tested 49 for its 9-16,
+// most of its time). Sets rows[n] (accumulator row), taps[n] (tap index) and the output's
+// mask; returns n.
+template <int64_t STRIDE>
+inline int landing_taps(int64_t stride, int64_t i, int64_t j, int64_t k, int64_t pad,
+                        int64_t ho, int64_t wo, int64_t o, float* acc, float** rows, int* taps,
+                        uint8_t* mask) {
+  const int64_t s = STRIDE ? STRIDE : stride;
+  int64_t out_r[7], tap_r[7], out_c[7], tap_c[7];
+  int nr = 0, nc = 0;
+  const int64_t a = i + pad, b = j + pad;
+  for (int64_t d = a % s; d < k && a - d >= 0; d += s) {
+    if ((a - d) / s < ho) out_r[nr] = (a - d) / s, tap_r[nr++] = d;
+  }
+  for (int64_t d = b % s; d < k && b - d >= 0; d += s) {
+    if ((b - d) / s < wo) out_c[nc] = (b - d) / s, tap_c[nc++] = d;
+  }
+  int n = 0;
+  for (int r = 0; r < nr; ++r) {
+    for (int q = 0; q < nc; ++q) {
+      const int64_t out = out_r[r] * wo + out_c[q];
+      rows[n] = acc + out * o;
+      taps[n++] = static_cast<int>(tap_r[r] * k + tap_c[q]);
+      mask[out] = 1;
+    }
+  }
+  return n;
+}
+
+inline int landing_taps_any(int64_t stride, int64_t i, int64_t j, int64_t k, int64_t pad,
+                            int64_t ho, int64_t wo, int64_t o, float* acc, float** rows,
+                            int* taps, uint8_t* mask) {
+  if (stride == 1) return landing_taps<1>(1, i, j, k, pad, ho, wo, o, acc, rows, taps, mask);
+  if (stride == 2) return landing_taps<2>(2, i, j, k, pad, ho, wo, o, acc, rows, taps, mask);
+  return landing_taps<0>(stride, i, j, k, pad, ho, wo, o, acc, rows, taps, mask);
+}
+
 // Fused multiply-add is exact here (integer operands and sums below 2^24), so these loops may
 // contract even though the file is built with -ffp-contract=off for the epilogue's sake.
 #define EA_CONTRACT __attribute__((optimize("fp-contract=fast")))
@@ -323,6 +364,76 @@ EA_CONTRACT void accumulate_scalar(float** rows, int64_t taps, const float* wt, 
       for (int64_t q = 0; q < o; ++q) rows[t][q] += v * w[q];
     }
   }
+}
+
+// Layers whose weights exceed this many bytes accumulate channel-blocked (accumulate_blocked):
+// pixel by pixel, each changed pixel would stream all the weight rows of its non-zero
+// channels from L3 (9.4 MB for a 512→512 3×3 conv), and ResNet-18's deep layers ran at 13-20
+// GMAC/s against 50 for layers whose weights stay in L2.
+constexpr int64_t kBlockedWeightBytes = int64_t{1} << 20;
+// Weights of one channel group (kept in L2 while every pixel takes its share).
+constexpr int64_t kGroupWeightBytes = int64_t{512} << 10;
+
+// acc += conv2d(Δ) for the changed pixels `pin` (ascending), with the loops turned around: the
+// input channels in groups whose weights fit in L2, and within a group every pixel's non-zero
+// entries of those channels (register-blocked over its taps, as accumulate_vec). Each weight
+// is read from memory about once per frame instead of once per pixel using it; the pixels'
+// accumulator rows (a few hundred KB in the layers this is for) stay in L2. The sums are
+// exact in any order (integers below 2^24), so the result is the same bit for bit. Marks
+// every output pixel that received something. Returns the MACs, or -2 for an unordered list.
+EA_CONTRACT int64_t accumulate_blocked(const int32_t* pin, const float* din, int64_t np,
+                                       int64_t c, int64_t w, int64_t ho, int64_t wo, int64_t k,
+                                       int64_t stride, int64_t pad, const float* wpack,
+                                       int64_t o, float* acc, uint8_t* mask, const RowDiv& div) {
+  const int64_t taps = k * k;
+  // Scratch reused across calls and layers (grown, never shrunk): one thread per runtime.
+  thread_local std::vector<int> idx, tap;
+  thread_local std::vector<float> val;
+  thread_local std::vector<float*> rows;
+  thread_local std::vector<int64_t> off, cur;
+  thread_local std::vector<int> nv;
+  if (int64_t(idx.size()) < np * c + 16) {
+    idx.resize(np * c + 16);
+    val.resize(np * c + 16);
+  }
+  if (int64_t(rows.size()) < np * taps) {
+    rows.resize(np * taps);
+    tap.resize(np * taps);
+  }
+  if (int64_t(off.size()) < np + 1) {
+    off.resize(np + 1);
+    cur.resize(np + 1);
+    nv.resize(np + 1);
+  }
+  int64_t macs = 0, last = -1, m = 0;  // m: pixels kept (some non-zero, some tap lands)
+  off[0] = 0;
+  for (int64_t p = 0; p < np; ++p) {
+    if (pin[p] <= last) return -2;
+    last = pin[p];
+    const int64_t i = div.row(pin[p]), j = pin[p] - i * w;
+    const int nz = nonzeros(din + p * c, c, idx.data() + off[m], val.data() + off[m]);
+    if (!nz) continue;
+    const int n = landing_taps_any(stride, i, j, k, pad, ho, wo, o, acc, rows.data() + m * taps,
+                                   tap.data() + m * taps, mask);
+    if (!n) continue;
+    nv[m] = n;
+    macs += static_cast<int64_t>(nz) * n * o;
+    off[m + 1] = off[m] + nz;
+    cur[m] = off[m];
+    ++m;
+  }
+  const int64_t group = std::max<int64_t>(8, kGroupWeightBytes / (o * taps * 4));
+  for (int64_t g0 = group; g0 < c + group; g0 += group) {  // channels [g0 - group, g0)
+    for (int64_t q = 0; q < m; ++q) {
+      int64_t e = cur[q];
+      while (e < off[q + 1] && idx[e] < g0) ++e;
+      if (e == cur[q]) continue;
+      accumulate_any(rows.data() + q * taps, tap.data() + q * taps, nv[q], wpack, taps, o,
+                     static_cast<int>(e - cur[q]), idx.data() + cur[q], val.data() + cur[q]);
+      cur[q] = e;
+    }
+  }
+  return macs;
 }
 
 // The epilogue of one conv (see ea_conv_post): parameters fixed for a layer, run per pixel.
@@ -489,7 +600,10 @@ int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int
   return n;
 }
 
-// One conv of the delta runtime, fused with its epilogue:
+}  // extern "C"
+
+namespace {
+// conv_impl<true> (ea_conv_post): one conv of the delta runtime, fused with its epilogue:
 //   acc += conv2d(Δ) for the P changed input pixels `pin` (ascending) with delta rows
 //   `din` (P, C); then at every output pixel that received something or is marked in
 //   `mask` (a shortcut's change, ea_mark_shortcut; every pixel if `all`) the epilogue
@@ -510,7 +624,8 @@ int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int
 // outside it are the zero padding.
 // Returns the MACs performed (non-zero input elements × taps that land × O); -1 for more
 // than 4096 channels, a kernel over 7×7 or a map too large; -2 if `pin` is not ascending.
-EA_CONTRACT int64_t ea_conv_post(
+template <bool POST>
+EA_CONTRACT int64_t conv_impl(
     const int32_t* pin, const float* din, int64_t np, int64_t c, int64_t w, int64_t ho,
     int64_t wo, int64_t k, int64_t stride, int64_t pad, const float* wt, const float* wpack,
     int64_t o, float* acc, uint8_t* mask, int32_t all, const float* scale, const float* bias,
@@ -548,6 +663,11 @@ EA_CONTRACT int64_t ea_conv_post(
   float rval[kRunBuffer + 16];
   int64_t rjs[kRunPixels];
   const bool runs = vec && k == 3 && stride == 1;
+  if (vec && c * o * taps * 4 > kBlockedWeightBytes) {
+    macs = accumulate_blocked(pin, din, np, c, w, ho, wo, k, stride, pad, wpack, o, acc, mask, div);
+    if (macs < 0) return macs;
+    np = 0;  // accumulated: the loop below only finishes rows
+  }
   auto interior = [&](int64_t i, int64_t j) {  // every tap of input pixel (i, j) lands
     return i + pad - k + 1 >= 0 && i + pad < ho && j + pad - k + 1 >= 0 && j + pad < wo;
   };
@@ -558,7 +678,7 @@ EA_CONTRACT int64_t ea_conv_post(
     if (i != row_seen) {  // output rows whose last input row (r·stride - pad + k - 1) is done
       row_seen = i;
       const int64_t reach = i + pad - k;
-      if (reach >= 0) finish_rows(std::min(ho, reach / stride + 1));
+      if (POST && reach >= 0) finish_rows(std::min(ho, reach / stride + 1));
     }
     if (runs && interior(i, j)) {  // this pixel and the next ones of its row, as one run
       int len = 0;
@@ -616,28 +736,56 @@ EA_CONTRACT int64_t ea_conv_post(
       macs += static_cast<int64_t>(nz) * nv * o;
       continue;
     }
+    if (vec) {
+      const int nv = landing_taps_any(stride, i, j, k, pad, ho, wo, o, acc, vrows, vtaps, mask);
+      if (!nv) continue;
+      accumulate_any(vrows, vtaps, nv, wpack, taps, o, nz, idx, val);
+      macs += static_cast<int64_t>(nz) * nv * o;
+      continue;
+    }
     const int valid = tap_rows_any(stride, i, j, k, pad, ho, wo, o, acc, rows, outs);
     if (!valid) continue;
-    if (vec) {
-      int nv = 0;
-      for (int64_t t = 0; t < taps; ++t) {
-        if (rows[t]) {
-          vrows[nv] = rows[t];
-          vtaps[nv++] = static_cast<int>(t);
-        }
-      }
-      accumulate_any(vrows, vtaps, nv, wpack, taps, o, nz, idx, val);
-    } else {
-      accumulate_scalar(rows, taps, wt, c, o, nz, idx, val);
-    }
+    accumulate_scalar(rows, taps, wt, c, o, nz, idx, val);
     macs += static_cast<int64_t>(nz) * valid * o;
     for (int64_t t = 0; t < taps; ++t) {
       if (outs[t] >= 0) mask[outs[t]] = 1;
     }
   }
-  finish_rows(ho);
+  if (POST) finish_rows(ho);
   *count = n;
   return macs;
+}
+
+}  // namespace
+
+extern "C" {
+// The fused conv and epilogue (conv_impl<true>; the accumulate-only variant below differs by
+// compile-time branches, so this one compiles as it did before that variant existed).
+EA_CONTRACT int64_t ea_conv_post(
+    const int32_t* pin, const float* din, int64_t np, int64_t c, int64_t w, int64_t ho,
+    int64_t wo, int64_t k, int64_t stride, int64_t pad, const float* wt, const float* wpack,
+    int64_t o, float* acc, uint8_t* mask, int32_t all, const float* scale, const float* bias,
+    const float* bias_map, int64_t border, const uint8_t* sck, int64_t sc_c, int64_t sc_w,
+    int64_t sc_stride, int64_t sc_front, const float* scq, const float* inv_step, float kmax,
+    uint8_t* kmap, int32_t* pix_out, float* delta_out, int64_t* count) {
+  return conv_impl<true>(pin, din, np, c, w, ho, wo, k, stride, pad, wt, wpack, o, acc, mask,
+                         all, scale, bias, bias_map, border, sck, sc_c, sc_w, sc_stride,
+                         sc_front, scq, inv_step, kmax, kmap, pix_out, delta_out, count);
+}
+
+// The accumulation of ea_conv_post without its epilogue: acc += conv2d(Δ) for the changed
+// input pixels, and every output pixel that received something marked in `mask`. A second
+// conv into the same accumulator (a ResNet block's downsample conv, on integer weights that
+// share the layer's scale); the layer's ea_conv_post then finishes the marked pixels.
+// Returns the MACs performed, or ea_conv_post's error codes.
+EA_CONTRACT int64_t ea_conv_acc(const int32_t* pin, const float* din, int64_t np, int64_t c,
+                                int64_t w, int64_t ho, int64_t wo, int64_t k, int64_t stride,
+                                int64_t pad, const float* wt, const float* wpack, int64_t o,
+                                float* acc, uint8_t* mask) {
+  int64_t unused = 0;
+  return conv_impl<false>(pin, din, np, c, w, ho, wo, k, stride, pad, wt, wpack, o, acc, mask,
+                          0, nullptr, nullptr, nullptr, 0, nullptr, 0, 0, 1, 0, nullptr,
+                          nullptr, 255.0f, nullptr, nullptr, nullptr, &unused);
 }
 
 // Mark the output pixels a shortcut reads from its changed input pixels `pin` (those the
@@ -659,4 +807,98 @@ void ea_mark_shortcut(const int32_t* pin, int64_t np, int64_t w, int64_t stride,
   }
 }
 
+
+}  // extern "C"
+
+namespace {
+typedef uint8_t vb16 __attribute__((vector_size(16)));
+
+// m = the channel-wise max of the pixels [i0, i1) × [j0, j1) of `src` (H·W, C); true if it
+// differs from `old`. 16 channels at a time where C allows (GCC left the plain loop scalar:
+// it was most of the pool's time).
+bool window_max(const uint8_t* src, int64_t w, int64_t c, int64_t i0, int64_t i1, int64_t j0,
+                int64_t j1, uint8_t* m, const uint8_t* old) {
+  if (c % 16) {
+    std::memset(m, 0, c);
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const uint8_t* s = src + (i * w + j) * c;
+        for (int64_t ch = 0; ch < c; ++ch) m[ch] = std::max(m[ch], s[ch]);
+      }
+    }
+    return std::memcmp(m, old, c) != 0;
+  }
+  vb16 moved = {};
+  for (int64_t ch = 0; ch < c; ch += 16) {
+    vb16 a = {}, b, o;
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < j1; ++j) {
+        std::memcpy(&b, src + (i * w + j) * c + ch, 16);
+        a = a > b ? a : b;
+      }
+    }
+    std::memcpy(m + ch, &a, 16);
+    std::memcpy(&o, old + ch, 16);
+    moved |= a ^ o;
+  }
+  uint64_t lo, hi;
+  std::memcpy(&lo, &moved, 8);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&moved) + 8, 8);
+  return (lo | hi) != 0;
+}
+}  // namespace
+
+extern "C" {
+// A max pool over uint8 k maps (H·W, C) channels-last, by changes: every output pixel whose
+// window holds a changed input pixel `pin` (ascending; or every pixel if `all`) takes the max
+// over its window again from the (already updated) source map `src`. Windows cut by padding
+// take the max over the pixels they hold (as PyTorch's -inf padding does; k >= 0, and every
+// window holds one when pad <= k / 2). Output as ea_conv_post's: changed pixels ascending in
+// `pix_out`, their delta rows (new - old k, as floats) in `delta_out`, `kmap` updated, marks
+// cleared. Returns 0 (no MACs); -1 for more than 4096 channels or pad > k / 2; -2 if `pin`
+// is not ascending.
+int64_t ea_maxpool_delta(const int32_t* pin, int64_t np, const uint8_t* src, int64_t h,
+                         int64_t w, int64_t c, int64_t k, int64_t stride, int64_t pad,
+                         int64_t ho, int64_t wo, uint8_t* mask, int32_t all, uint8_t* kmap,
+                         int32_t* pix_out, float* delta_out, int64_t* count) {
+  *count = 0;
+  if (c > kMaxChannels || stride < 1 || k < 1 || 2 * pad > k) return -1;
+  int64_t rmin = all ? 0 : ho, rmax = all ? ho - 1 : -1, last = -1;
+  for (int64_t p = 0; p < np; ++p) {
+    if (pin[p] <= last) return -2;
+    last = pin[p];
+    const int64_t i = pin[p] / w, j = pin[p] - i * w;
+    // Outputs r with r·stride - pad <= i <= r·stride - pad + k - 1.
+    const int64_t r0 = std::max<int64_t>(0, (i + pad - k + stride) / stride);
+    const int64_t r1 = std::min(ho - 1, (i + pad) / stride);
+    const int64_t c0 = std::max<int64_t>(0, (j + pad - k + stride) / stride);
+    const int64_t c1 = std::min(wo - 1, (j + pad) / stride);
+    for (int64_t r = r0; r <= r1; ++r) {
+      for (int64_t q = c0; q <= c1; ++q) mask[r * wo + q] = 1;
+    }
+    rmin = std::min(rmin, r0);
+    rmax = std::max(rmax, r1);
+  }
+  alignas(64) uint8_t m[kMaxChannels];
+  int64_t n = 0;
+  for (int64_t r = rmin; r <= rmax; ++r) {
+    const int64_t i0 = std::max<int64_t>(0, r * stride - pad);
+    const int64_t i1 = std::min(h, r * stride - pad + k);
+    for (int64_t q = 0; q < wo; ++q) {
+      const int64_t out = r * wo + q;
+      if (!all && !mask[out]) continue;
+      mask[out] = 0;
+      const int64_t j0 = std::max<int64_t>(0, q * stride - pad);
+      const int64_t j1 = std::min(w, q * stride - pad + k);
+      uint8_t* km = kmap + out * c;
+      if (!window_max(src, w, c, i0, i1, j0, j1, m, km)) continue;
+      float* d = delta_out + n * c;
+      for (int64_t ch = 0; ch < c; ++ch) d[ch] = float(m[ch]) - float(km[ch]);
+      std::memcpy(km, m, c);
+      pix_out[n++] = static_cast<int32_t>(out);
+    }
+  }
+  *count = n;
+  return 0;
+}
 }  // extern "C"
