@@ -174,7 +174,8 @@ class FastDeltaRuntime(nn.Module):
 
     Call it on uint8 (H, W, C) frames in order (torch or numpy); it returns float32 logits
     (1, classes). Statistics: `macs()` / `last_macs()` (dense vs performed), `layer_names`
-    and `last_layer_ns` (time per conv, epilogue included, of the latest frame).
+    and `last_layer_ns` / `last_layer_macs` (time per conv, epilogue included, and MACs
+    performed, of the latest frame).
     """
 
     def __init__(self, plan: FastPlan, config: FastDeltaConfig) -> None:
@@ -190,6 +191,7 @@ class FastDeltaRuntime(nn.Module):
         self._macs = MacCount()
         self._last = MacCount()
         self.last_layer_ns = np.zeros(len(plan.layers), dtype=np.int64)
+        self.last_layer_macs = np.zeros(len(plan.layers), dtype=np.int64)
 
     # -- state -------------------------------------------------------------------------------
     def _allocate(self, h: int, w: int) -> None:
@@ -309,6 +311,7 @@ class FastDeltaRuntime(nn.Module):
             performed += macs
             dense += g.dense_macs + (g.branch.dense_macs if g.branch else 0)
             self.last_layer_ns[i] = time.perf_counter_ns() - start
+            self.last_layer_macs[i] = macs
         last = self._geometry[-1]
         if last.count:
             self.sums += last.delta[: last.count].sum(0, dtype=torch.float64)

@@ -169,6 +169,8 @@ def test_tv_style_resnet_bit_exact_against_dense_reference(block, widths):
             for name, got, want in zip(runtime.layer_names, runtime.layer_maps(), ref_maps):
                 assert torch.equal(got, want), f"frame {t}, {name}"
         changed.append(runtime.last_macs().performed / runtime.last_macs().dense)
+        head_macs = runtime.plan.head_weight.numel()  # the per-layer counts add up
+        assert int(runtime.last_layer_macs.sum()) + head_macs == runtime.last_macs().performed
     assert min(changed) < 0.5  # the static frames skip most of the work
     assert runtime.scene_cuts == 1  # the new random frame restarts densely
 
