@@ -111,6 +111,8 @@ class _Lowering:
             return _KMap(-1)
         if node.op == "call_module":
             return self.visit_module(node, self.modules[str(node.target)], args)
+        if node.op == "call_function" and node.target in _ADDS and node.kwargs:
+            raise self.refuse(node, f"an add with {dict(node.kwargs)} (a plain sum only)")
         if node.op == "call_function" and node.target in _ADDS and len(args) == 2:
             a, b = self.as_sum(node, args[0]), self.as_sum(node, args[1])
             return _Sum(a.branches + b.branches, a.maps + b.maps)
@@ -158,7 +160,8 @@ class _Lowering:
 
     def add_pool(self, node: fx.Node, mod: nn.MaxPool2d, source: int) -> int:
         k, s, p, d = mod.kernel_size, mod.stride, mod.padding, mod.dilation
-        if not all(isinstance(v, int) for v in (k, s, p, d)) or d != 1 or mod.ceil_mode:
+        plain = not mod.ceil_mode and not mod.return_indices
+        if not all(isinstance(v, int) for v in (k, s, p, d)) or d != 1 or not plain:
             raise self.refuse(node, "square, undilated, floor-mode max pools only")
         spec = PoolSpec(str(node.target), k, s, p, source, self.step_of(source).float().clone())
         self.layers.append(spec)

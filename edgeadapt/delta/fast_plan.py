@@ -155,6 +155,11 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]
         w = conv.weight.double()
         b = torch.zeros(w.shape[0], dtype=torch.float64)
         return w, b if conv.bias is None else b + conv.bias.double()
+    if bn.running_mean is None or bn.running_var is None or bn.weight is None:
+        raise ConfigError(
+            f"{bn} has no running statistics or no affine weights to fold; the fast runtime "
+            "folds an eval-mode BatchNorm2d(track_running_stats=True, affine=True)"
+        )
     g = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
     w = conv.weight.double() * g.view(-1, 1, 1, 1)
     b = bn.bias.double() - bn.running_mean.double() * g
@@ -195,6 +200,8 @@ def check_plain_conv(name: str, conv: nn.Conv2d) -> None:
         raise ConfigError(f"{name}: square kernels and strides only, got {conv}")
     if conv.padding[0] != conv.padding[1]:
         raise ConfigError(f"{name}: equal padding on both axes only, got {conv}")
+    if conv.padding_mode != "zeros":
+        raise ConfigError(f"{name}: zero padding only, got padding_mode={conv.padding_mode!r}")
 
 
 def stem_spec(

@@ -231,3 +231,26 @@ def test_check_lowerable_accepts_resnets_and_names_what_it_refuses():
     check_lowerable(_deltaified(TvStyleResNet(Bottleneck, (16, 16))))  # deltaified: as is
     with pytest.raises(ConfigError, match="sigmoid"):
         check_lowerable(_WithSigmoid())
+
+
+class _Scaled(nn.Module):
+    """A residual add with alpha: not a plain sum, so it must not lower as one."""
+
+    def __init__(self, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, padding_mode=padding_mode)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.conv1(x))
+        x = self.relu(torch.add(self.conv2(x), x, alpha=2.0))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_what_would_lower_to_a_wrong_answer_is_refused():
+    with pytest.raises(ConfigError, match="alpha"):
+        lower_graph(deltaify(_Scaled().eval(), torch.randn(2, 3, 12, 12)))
+    with pytest.raises(ConfigError, match="zero padding only"):
+        lower_graph(deltaify(_Scaled("reflect").eval(), torch.randn(2, 3, 12, 12)))
