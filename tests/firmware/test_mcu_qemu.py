@@ -58,9 +58,21 @@ def test_blob_changes_when_the_program_changes_in_place(tmp_path, monkeypatch) -
     assert mcu._blob(prog, profile, ["SRAM1"], [64]) != after_pte
 
 
+def test_missing_cxx_headers_are_named(monkeypatch) -> None:
+    """Debian's gcc-arm-none-eabi comes without the C++ headers (a separate package): a
+    machine with the compiler but not them must be told so before a build, not fail on
+    <cmath> in the runtime's first source (CI did)."""
+    monkeypatch.setattr(mcu.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(mcu, "_arm_cxx_headers", lambda: False)
+    assert any("libstdc++-arm-none-eabi-newlib" in m for m in mcu.missing_tools())
+    monkeypatch.setattr(mcu, "_arm_cxx_headers", lambda: True)
+    assert not any("libstdc++" in m for m in mcu.missing_tools())
+
+
 MISSING = (
     f"firmware toolchain missing: {', '.join(mcu.missing_tools())} "
-    "(apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build)"
+    "(apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib "
+    "qemu-system-arm cmake ninja-build)"
 )
 # EDGEADAPT_REQUIRE_FIRMWARE=1 (a CI job with the toolchains): fail instead of skipping.
 REQUIRED = os.environ.get("EDGEADAPT_REQUIRE_FIRMWARE") == "1"

@@ -47,7 +47,8 @@ def device(tmp_path_factory):
     missing = _missing()
     if missing:
         why = (f"firmware toolchain missing: {missing} (apt-get install gcc-arm-none-eabi "
-               "libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build; ../shared/deps)")  # fmt: skip
+               "libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm "
+               "cmake ninja-build; ../shared/deps)")  # fmt: skip
         if os.environ.get("EDGEADAPT_REQUIRE_FIRMWARE") == "1":
             pytest.fail(f"EDGEADAPT_REQUIRE_FIRMWARE=1 but {why}")
         pytest.skip(why)

@@ -26,6 +26,7 @@ tests/firmware); the CLI is a thin shell over them.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -76,9 +77,21 @@ def missing_tools() -> list[str]:
     tools = ["arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-size", "cmake", "ninja",
              "qemu-system-arm", "c++"]  # fmt: skip
     missing = [t for t in tools if shutil.which(t) is None]
+    if "arm-none-eabi-g++" not in missing and not _arm_cxx_headers():
+        missing.append("the C++ headers of arm-none-eabi-g++ (libstdc++-arm-none-eabi-newlib)")
     missing += [f"{shared_dir() / 'deps' / tar}" for tar, _, _ in DEPS.values()
                 if not (shared_dir() / "deps" / tar).exists()]  # fmt: skip
     return missing
+
+
+@functools.cache
+def _arm_cxx_headers() -> bool:
+    """Whether the cross compiler finds the C++ standard headers: Debian ships them apart from
+    gcc-arm-none-eabi, and without them the runtime's first source fails on <cmath>."""
+    probe = "#include <cmath>\n#include <cassert>\n"
+    done = subprocess.run(["arm-none-eabi-g++", "-mcpu=cortex-m7", "-mthumb", "-fsyntax-only",
+                           "-x", "c++", "-"], input=probe, capture_output=True, text=True)  # fmt: skip
+    return done.returncode == 0
 
 
 def _run(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> None:
