@@ -30,6 +30,11 @@ class ExportRequest:
     statistics: str = "adapter"  # see edgeadapt.export.graph.inference_module
     # ExecuTorch: a device profile; the arena is planned into its RAM banks.
     device: str | None = None
+    # adapt: the exact scheduling passes (smaller arena, the same step), and how the
+    # activations the gradients read are kept ("int8" implies the scheduling; approximate
+    # gradients). See edgeadapt.export.training.to_training_program.
+    schedule: bool = False
+    kept_activations: str = "fp32"
 
     def check(self, method: str) -> None:
         if self.format not in ("onnx", "executorch"):
@@ -60,6 +65,15 @@ class ExportRequest:
         if self.statistics not in ("adapter", "running"):
             raise UnsupportedExportError(
                 f"statistics must be 'adapter' or 'running', got {self.statistics!r}"
+            )
+        if self.kept_activations not in ("fp32", "int8"):
+            raise UnsupportedExportError(
+                f"kept activations must be 'fp32' or 'int8', got {self.kept_activations!r}"
+            )
+        if self.program != "adapt" and (self.schedule or self.kept_activations != "fp32"):
+            raise UnsupportedExportError(
+                "--schedule and --kept-activations shape a training program's arena: they "
+                "apply to --program adapt only"
             )
         if self.device:
             self._check_device()
@@ -116,7 +130,8 @@ def export_program(
 
         return to_training_program(
             model, example, path, device=profile, quantize=request.quantize,
-            check_images=check_images, check_steps=check_steps,
+            check_images=check_images, check_steps=check_steps, schedule=request.schedule,
+            int8_activations=request.kept_activations == "int8",
         )  # fmt: skip
     if request.quantize == "int8":
         from edgeadapt.export.quantize import to_executorch_int8

@@ -130,33 +130,33 @@ def _is_alloc(node: Any) -> bool:
 
 
 def _forward_nodes(ep: Any, nodes: list[Any]) -> set[Any]:
-    """The nodes the loss (the first user output) depends on: the forward."""
+    """The forward: the nodes the loss and the user outputs (logits) depend on, and every
+    node placed before the loss that is made from forward values only -- what the forward
+    makes for the backward to read (bit-packed ReLU masks, int8 kept activations:
+    training_passes), which the loss does not need. The backward starts after the loss."""
     from torch.export.graph_signature import OutputKind
 
     # The emitted program writes mutated buffers in place: their outputs are gone from the
     # graph but not from the signature.
     specs = [s for s in ep.graph_signature.output_specs if s.kind != OutputKind.BUFFER_MUTATION]
     outputs = nodes[-1].args[0]
-    user = [o for o, s in zip(outputs, specs) if s.kind == OutputKind.USER_OUTPUT]
+    kinds = (OutputKind.LOSS_OUTPUT, OutputKind.USER_OUTPUT)
+    roots = [o for o, s in zip(outputs, specs) if s.kind in kinds and hasattr(o, "op")]
+    losses = [o for o, s in zip(outputs, specs) if s.kind == OutputKind.LOSS_OUTPUT]
     seen: set[Any] = set()
-    todo = [user[0]] if user else []
+    todo = list(roots)
     while todo:
         n = todo.pop()
         if n in seen or not hasattr(n, "op"):
             continue
         seen.add(n)
         todo.extend(n.all_input_nodes)
-
-    # Bit-packed ReLU masks (training_passes.bit_packed_masks) are made from a forward mask
-    # right after it and only the backward reads them: forward nodes the loss does not need.
-    # Before the backward's first op (the first other op the loss does not need): uint8- or
-    # bool-valued ops of forward values.
-    def other(n: Any) -> bool:
-        return n.op == "call_function" and n not in seen and not _is_alloc(n)
-
-    start = next((i for i, n in enumerate(nodes) if other(n) and not _bits(n)), len(nodes))
-    for n in nodes[:start]:
-        if other(n) and all(a in seen or _is_alloc(a) for a in n.all_input_nodes):
+    position = {n: i for i, n in enumerate(nodes)}
+    last = max((position[_base(o)] for o in losses if _base(o) in position), default=-1)
+    for n in nodes[: last + 1]:
+        made_here = n.op == "call_function" and n not in seen and not _is_alloc(n)
+        ready = (a in seen or _is_alloc(a) or a.op == "placeholder" for a in n.all_input_nodes)
+        if made_here and all(ready):
             seen.add(n)
     # An out-variant op's output buffer (`alloc`) belongs where its op does.
     for n in nodes:
@@ -165,10 +165,12 @@ def _forward_nodes(ep: Any, nodes: list[Any]) -> set[Any]:
     return seen
 
 
-def _bits(node: Any) -> bool:
-    """A node whose values are all uint8 or bool (a mask, packed or not)."""
-    specs = list(_specs_of(node))
-    return bool(specs) and all(s.dtype in (torch.uint8, torch.bool) for s in specs)
+def _base(node: Any) -> Any:
+    """The node that computes `node`'s values: through aliases and views to their source."""
+    while (node.op == "call_function" and node.all_input_nodes
+           and ("alias" in str(node.target) or _is_view(node))):  # fmt: skip
+        node = node.all_input_nodes[0]
+    return node
 
 
 def _role(

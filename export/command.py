@@ -111,6 +111,20 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--random-weights, where predictions mean nothing)",
     )
     p.add_argument(
+        "--schedule",
+        action="store_true",
+        help="adapt: order the step's ops for a smaller arena (exact: the same step bit for "
+        "bit; fewer runtime tables)",
+    )
+    p.add_argument(
+        "--kept-activations",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="adapt: how the activations the gradients read are kept; int8 stores them in a "
+        "quarter of the bytes (implies --schedule; the forward is unchanged, the gradients "
+        "approximate: benchmarks/firmware/int8_activations.md)",
+    )
+    p.add_argument(
         "--statistics",
         choices=("adapter", "running"),
         default="adapter",
@@ -373,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         statistics=args.statistics,
         device=args.device,
+        schedule=args.schedule,
+        kept_activations=args.kept_activations,
     )
     # An unsupported combination, an unknown --device or one that cannot run the program
     # (XNNPACK on an MCU) fails now, before the slow export.

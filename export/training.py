@@ -29,6 +29,9 @@ from edgeadapt.export.report import ExportReport
 __all__ = ["TrainingRunner", "to_training_program", "training_step_module"]
 
 PREFIX = "model."  # the step modules hold the network as `.model`, like the adapter
+# With int8 kept activations: the gradients' distance from eager, relative to their size,
+# beyond which the program is taken for a wrong graph rather than an approximation.
+INT8_GRADIENT_BOUND = 1.0
 
 
 def training_step_module(adapter, *, quantize: str | None = None) -> nn.Module:
@@ -65,6 +68,8 @@ def to_training_program(
     check_images: Tensor | None = None,
     check_steps: int = 20,
     pack_masks: bool = True,
+    schedule: bool = False,
+    int8_activations: bool = False,
 ) -> ExportReport:
     """Export one adaptation step of `adapter` for batches shaped like `example`.
 
@@ -83,6 +88,21 @@ def to_training_program(
 
     `pack_masks`: keep the ReLU masks the backward reads as bits (`bit_packed_masks`: exact,
     an eighth of their bytes in the arena, a few more instructions); off only to compare.
+
+    `schedule` (opt-in; exact, the same step bit for bit): aliases read directly instead of
+    copied, each forward op placed right after its inputs (a loss term computed where its
+    maps are made, not after the whole forward) and each backward op made from small
+    tensors right before its first use (`drop_aliases`, `early_forward_ops`,
+    `late_backward_ops`): a smaller arena and fewer runtime tables.
+
+    `int8_activations` (opt-in, implies `schedule`): keep the float activations the
+    gradients read as int8 with a step per channel (`int8_kept_activations`): a quarter of
+    their bytes; the forward is unchanged and the gradients become approximations. Loss and
+    logits are verified against eager as usual; the gradients only to within
+    `INT8_GRADIENT_BOUND` of their size, and the distance measured is in the report's notes.
+    The bundled expected gradients are the program's own (host runtime).
+    benchmarks/firmware/int8_activations.md measures the arena, the gradients and the online
+    adaptation against the fp32 step.
     """
     from executorch.exir import to_edge
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -94,7 +114,11 @@ def to_training_program(
     from edgeadapt.export.shared_values import share_constant_values
     from edgeadapt.export.training_passes import (
         bit_packed_masks,
+        drop_aliases,
+        early_forward_ops,
         input_free_conv_backward,
+        int8_kept_activations,
+        late_backward_ops,
         training_indices_without_buffer_mutations,
     )
 
@@ -108,8 +132,16 @@ def to_training_program(
     try:
         exported = _export_forward_backward(capture(step, inputs))
         input_free_conv_backward(exported)
+        schedule = schedule or int8_activations
+        if schedule:
+            drop_aliases(exported)
+            early_forward_ops(exported)
         if pack_masks:
             bit_packed_masks(exported)
+        if int8_activations:
+            int8_kept_activations(exported)
+        if schedule:  # after packing: the gradient maps are then made from small tensors
+            late_backward_ops(exported)
         config = backend_config(profile)
         if mutable:  # without it a mutated buffer's initial value is not written to the file
             config.passes.append(InitializedMutableBufferPass(list(mutable)))
@@ -137,14 +169,32 @@ def to_training_program(
         )
     names = ["loss", "logits", *(f"grad {k}" for k in grads)]
     pairs = [(got_loss, loss.detach()), (got_logits, logits)]
-    pairs += [(got_grads[k], g) for k, g in grads.items()]
+    notes = []
+    if int8_activations:
+        # The gradients are approximations by design: held to less than the gradients' own
+        # size together (a wrong tensor or scale gives about 100% or far more; ResNet-20's
+        # step: 0.14% at most over 200 frames, benchmarks/firmware/int8_activations.md).
+        diff = sum(float((got_grads[k] - g).norm()) ** 2 for k, g in grads.items()) ** 0.5
+        size = sum(float(g.norm()) ** 2 for g in grads.values()) ** 0.5
+        if not diff <= INT8_GRADIENT_BOUND * size:
+            raise VerificationError(
+                f"with int8 kept activations the program's gradients differ from eager by "
+                f"{diff / max(size, 1e-30):.0%} of their size (bound "
+                f"{INT8_GRADIENT_BOUND:.0%}); not written"
+            )
+        notes.append(f"int8 kept activations: gradients within {diff / max(size, 1e-30):.1%} "
+                     "of eager (relative L2)")  # fmt: skip
+        names = names[:2]
+    else:
+        pairs += [(got_grads[k], g) for k, g in grads.items()]
     # Each tensor within atol + rtol·scale, scale = max|eager| of the loss, of the logits, and
     # of all gradients together: a BN bias gradient is a sum of many cancelling terms, so its
     # error follows the gradients' overall size, not its own (ResNet-20 Tent: 1e-3 on a 0.1
     # gradient when the largest is 0.3).
     errors = [float((got - ref).abs().max()) for got, ref in pairs]
     grad_scale = max((float(g.abs().max()) for g in grads.values()), default=0.0)
-    scales = [float(loss.detach().abs()), float(logits.abs().max())] + [grad_scale] * len(grads)
+    scales = [float(loss.detach().abs()), float(logits.abs().max())]
+    scales += [grad_scale] * (len(pairs) - 2)
     ratios = [e / (atol + rtol * sc) for e, sc in zip(errors, scales)]
     worst = max(range(len(ratios)), key=ratios.__getitem__)
     if not ratios[worst] <= 1.0:
@@ -163,7 +213,9 @@ def to_training_program(
         for spec in exported.graph_signature.output_specs
         if spec.kind.name == "GRADIENT_TO_PARAMETER"
     ]
-    expected = (loss.detach(), logits, kept, *(grads[k] for k in order))
+    # With int8 kept activations a device reproduces the program's own gradients, not eager's.
+    reference = got_grads if int8_activations else grads
+    expected = (loss.detach(), logits, kept, *(reference[k] for k in order))
     expected += tuple(trainable[k].detach() for k in order)
     # On the target the same program runs the same portable kernels: only the float rounding
     # of another CPU and libm separates it from this host's runtime, whose own distance from
@@ -173,7 +225,8 @@ def to_training_program(
         path, data, example, program="adapt", backend="portable", max_abs_error=max(errors),
         batch_statistics=True, profile=profile, trainable_bytes=trainable_bytes,
         quantized=quantize, expected=expected, bundle_atol=bound, bundle_inputs=inputs,
-        notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",),
+        notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",
+               *notes),
         adaptation_check=check, arena_peak=peak.to_dict(),
     )  # fmt: skip
 

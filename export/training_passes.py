@@ -13,11 +13,23 @@ weight alive at a time, not all of them.
 A ReLU's mask (`x > 0`, a bool byte per element) is kept from the forward for the backward;
 packed eight to a byte it takes an eighth of that, and unpacking it right before its
 backward use gives back exactly the same mask.
+
+The joint graph's op order is not the memory planner's friend: it computes the loss's
+terms after the whole forward and their gradients at the head of the backward, so the maps
+they read or make stay alive across the rest of the step. `drop_aliases`,
+`early_forward_ops` and `late_backward_ops` reorder (exact: the same ops on the same
+values).
+
+A float activation the backward reads (a meta network's input for its weight gradient, a
+part's output for its BN's) can be kept as int8 with a step per channel: a quarter of its
+bytes, an approximation of the gradients that read it (`int8_kept_activations`, opt-in;
+MCUNetV3's on-device training keeps int8 activations).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +39,11 @@ import torch
 __all__ = [
     "bit_packed_masks",
     "defer_constant_ops",
+    "drop_aliases",
+    "early_forward_ops",
     "input_free_conv_backward",
+    "int8_kept_activations",
+    "late_backward_ops",
     "training_indices_without_buffer_mutations",
 ]
 
@@ -106,14 +122,7 @@ def bit_packed_masks(exported: Any, *, min_gap: int = 8, min_elements: int = 409
         late = [u for u in node.users if order[u] - order[node] > min_gap]
         if late:
             masks.append((node, late))
-    if not masks:
-        return 0
-    fake = getattr(masks[0][0].meta["val"], "fake_mode", None)
-    with fake or contextlib.nullcontext():
-        _pack_and_unpack(graph, masks)
-    graph.lint()
-    exported.graph_module.recompile()
-    return len(masks)
+    return _rewrite(exported, masks, _pack_and_unpack)
 
 
 def _pack_and_unpack(graph: Any, masks: list[tuple[Any, list[Any]]]) -> None:
@@ -138,6 +147,228 @@ def _pack_and_unpack(graph: Any, masks: list[tuple[Any, list[Any]]]) -> None:
                 flags = _call(graph, aten.ne.Scalar, (masked, 0))
                 unpacked = _call(graph, aten.view.default, (flags, shape))
             user.replace_input_with(mask, unpacked)
+
+
+def int8_kept_activations(exported: Any, *, min_elements: int = 8192) -> int:
+    """Keep, in place, each float32 activation the backward reads as int8: quantized right
+    after the forward makes it (symmetric, one scale per tensor: max|x| / 127, rounded to
+    nearest) and dequantized right before each gradient computation reads it. The forward
+    itself reads the exact values, and so does anything that is not a gradient (the BN
+    running statistics); the gradients that read a kept activation become approximations
+    (one part in 254 of the tensor's range). Returns how many activations are kept as int8.
+
+    Only tensors of at least `min_elements`: each adds about fifteen instructions, whose
+    runtime tables outweigh the bytes a small tensor saves, and on ResNet-20 at 32×32 the
+    last stage's 8×8 maps (4096 values) carried most of the gradients' error and almost
+    none of the arena's peak (benchmarks/firmware/int8_activations.md)."""
+    from torch.export.graph_signature import OutputKind
+
+    graph = exported.graph_module.graph
+    nodes = list(graph.nodes)
+    specs = exported.graph_signature.output_specs
+    outputs = nodes[-1].args[0]
+    grads = [o for o, sp in zip(outputs, specs) if sp.kind == OutputKind.GRADIENT_TO_PARAMETER]
+    # Everything but the gradients reads exact values: the loss, the logits, and the stream
+    # statistics the step writes back (buffer mutations).
+    exact = [o for o, sp in zip(outputs, specs) if sp.kind != OutputKind.GRADIENT_TO_PARAMETER]
+    if not grads:
+        return 0
+    forward, gradient = _ancestors(exact), _ancestors(grads)
+    kept = []
+    for node in nodes:
+        val = node.meta.get("val")
+        if node not in forward or node.op != "call_function" or not isinstance(val, torch.Tensor):
+            continue
+        if val.dtype != torch.float32 or val.numel() < min_elements:
+            continue
+        late = [u for u in node.users if u not in forward and u in gradient]
+        if late:
+            kept.append((node, late))
+    return _rewrite(exported, kept, _quantize_and_dequantize_all)
+
+
+def drop_aliases(exported: Any) -> int:
+    """Read each `alias` op's input directly, in place; returns how many were dropped.
+    Exact in a functional graph (nothing is written in place, so an alias is its input).
+
+    The joint graph aliases forward tensors it hands to the loss and to the backward, and
+    ExecuTorch emits an alias as a copy (`alias_copy`): a second feature map held as long as
+    its readers. Aliases the program returns stay (an output keeps its own memory)."""
+    graph = exported.graph_module.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    dropped = 0
+    for node in list(graph.nodes):
+        if node.target is not torch.ops.aten.alias.default or output in node.users:
+            continue
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+        dropped += 1
+    graph.lint()
+    exported.graph_module.recompile()
+    return dropped
+
+
+def early_forward_ops(exported: Any) -> int:
+    """Move, in place, each forward op to right after the last of its inputs (no later than
+    where it was); returns how many moved. Exact: the same ops on the same values.
+
+    A joint graph computes the loss's terms after the whole forward: EcoTTA's L1 terms
+    (|part output - its frozen output|, averaged) come after the last part, so every part's
+    output and frozen output stay alive through the rest of the forward only to be reduced
+    to a scalar at the end. Computed where their inputs are made, each frees its two maps at
+    once (the backward keeps only their bit-packed signs). An op is left in place when it
+    makes more bytes than it reads (moving it up would hold its output longer) or reads only
+    placeholders (a weight's dequantize, which `defer_constant_ops` put next to its use)."""
+    from torch.export.graph_signature import OutputKind
+
+    graph = exported.graph_module.graph
+    nodes = list(graph.nodes)
+    specs = exported.graph_signature.output_specs
+    outputs = nodes[-1].args[0]
+    kinds = (OutputKind.LOSS_OUTPUT, OutputKind.USER_OUTPUT)
+    forward = _ancestors([o for o, sp in zip(outputs, specs) if sp.kind in kinds])
+    order: list[Any] = []
+    moved = 0
+    for node in nodes:
+        inputs = node.all_input_nodes
+        if (node in forward and node.op == "call_function" and inputs
+                and any(a.op != "placeholder" for a in inputs)
+                and _bytes(node) <= sum(_bytes(a) for a in inputs)):  # fmt: skip
+            index = {n: i for i, n in enumerate(order)}
+            at = max(index[a] for a in inputs) + 1
+            if at < len(order):
+                moved += 1
+            order.insert(at, node)
+        else:
+            order.append(node)
+    for before, after in itertools.pairwise(order):
+        before.append(after)
+    graph.lint()
+    exported.graph_module.recompile()
+    return moved
+
+
+def late_backward_ops(exported: Any, *, small: int = 4096) -> int:
+    """Move, in place, each backward op made from small tensors only (recursively: from
+    tensors of at most `small` bytes, or from such ops) to right before its first user;
+    returns how many moved. Exact: the same ops on the same values.
+
+    The backward of a loss term read by many layers makes all their gradient maps at its
+    start: EcoTTA's L1 terms give every part's output a gradient map (the L1 loss's scalar
+    gradient broadcast, masked by the term's bit-packed sign) at the head of the backward,
+    each held until that part's backward runs -- four 16×32×32 maps of ResNet-20 alive at
+    its peak. Made right before their use, one is alive at a time, and what they are made
+    from is small and alive anyway, so nothing else is held longer."""
+    graph = exported.graph_module.graph
+    order = list(graph.nodes)
+    start = _loss_position(exported, order)
+    if start is None:
+        return 0
+    cheap: set[Any] = set()
+    for node in order[start + 1 :]:
+        if (
+            node.op == "call_function"
+            and node.users
+            and all(a in cheap or _bytes(a) <= small for a in node.all_input_nodes)
+        ):
+            cheap.add(node)
+    moved = 0
+    for node in reversed(order[start + 1 :]):
+        if node not in cheap:
+            continue
+        index = {n: i for i, n in enumerate(order)}
+        first = min(index[u] for u in node.users)
+        if first > index[node] + 1:
+            order.remove(node)
+            order.insert(first - 1, node)
+            moved += 1
+    for before, after in itertools.pairwise(order):
+        before.append(after)
+    graph.lint()
+    exported.graph_module.recompile()
+    return moved
+
+
+def _loss_position(exported: Any, order: list[Any]) -> int | None:
+    """Where the loss is computed (the backward starts after it), or None without a loss."""
+    from torch.export.graph_signature import OutputKind
+
+    specs = exported.graph_signature.output_specs
+    outputs = order[-1].args[0]
+    losses = [o for o, sp in zip(outputs, specs) if sp.kind == OutputKind.LOSS_OUTPUT]
+    index = {n: i for i, n in enumerate(order)}
+    found = [index[o] for o in losses if o in index]
+    return max(found) if found else None
+
+
+def _bytes(node: Any) -> int:
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return val.numel() * val.element_size()
+    if isinstance(val, (list, tuple)):
+        return sum(v.numel() * v.element_size() for v in val if isinstance(v, torch.Tensor))
+    return 0
+
+
+def _rewrite(exported: Any, found: list[tuple[Any, list[Any]]], rewrite: Any) -> int:
+    """`rewrite(graph, found)` under the fake mode of the found tensors (so that new nodes
+    get `val` metadata), then lint and recompile; returns how many were found."""
+    if not found:
+        return 0
+    graph = exported.graph_module.graph
+    fake = getattr(found[0][0].meta["val"], "fake_mode", None)
+    with fake or contextlib.nullcontext():
+        rewrite(graph, found)
+    graph.lint()
+    exported.graph_module.recompile()
+    return len(found)
+
+
+def _quantize_and_dequantize_all(graph: Any, kept: list[tuple[Any, list[Any]]]) -> None:
+    for node, late in kept:
+        _quantize_and_dequantize(graph, node, late)
+
+
+def _ancestors(roots: list[Any]) -> set[Any]:
+    seen: set[Any] = set()
+    todo = [r for r in roots if hasattr(r, "op")]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+def _quantize_and_dequantize(graph: Any, node: Any, late: list[Any]) -> None:
+    """x -> int8 steps of (max - min) / 255 from each channel's min (dim 1; the whole
+    tensor where it has none) right after `node`; back to float before each of `late`."""
+    aten = torch.ops.aten
+    val = node.meta["val"]
+    dims = [d for d in range(val.dim()) if d != 1] if val.dim() >= 2 else list(range(val.dim()))
+
+    def after(at: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
+        with graph.inserting_after(at):
+            return _call(graph, target, args, kwargs)
+
+    low = after(node, aten.amin.default, node, dims, True)
+    high = after(low, aten.amax.default, node, dims, True)
+    span = after(high, aten.sub.Tensor, high, low)
+    step = after(span, aten.div.Tensor, span, 255.0)
+    scale = after(step, aten.clamp.default, step, 1e-30)  # a constant channel: no 0 / 0
+    shifted = after(scale, aten.sub.Tensor, node, low)
+    steps = after(shifted, aten.div.Tensor, shifted, scale)
+    rounded = after(steps, aten.round.default, steps)
+    centred = after(rounded, aten.sub.Tensor, rounded, 128.0)
+    clamped = after(centred, aten.clamp.default, centred, -128.0, 127.0)
+    q = after(clamped, aten._to_copy.default, clamped, dtype=torch.int8)
+    for user in late:
+        with graph.inserting_before(user):
+            wide = _call(graph, aten._to_copy.default, (q,), {"dtype": torch.float32})
+            uncentred = _call(graph, aten.add.Tensor, (wide, 128.0))
+            scaled = _call(graph, aten.mul.Tensor, (uncentred, scale))
+            back = _call(graph, aten.add.Tensor, (scaled, low))
+        user.replace_input_with(node, back)
 
 
 def _call(graph: Any, target: Any, args: tuple, kwargs: dict | None = None) -> Any:

@@ -6,11 +6,11 @@ frees: the item behind the STM32F746 shortfall in results.md, measured on the pr
 Exports the shipped adapt program (ResNet-20 from ../shared, `EcoTTAConfig.device()`: int8
 frozen weights, batch 1) with `edgeadapt export --json`, whose report carries `arena_peak`
 (export/arena_peak.py: the bytes alive where the most are, by role), and the same step with
-its ReLU masks left unpacked (`to_training_program(..., pack_masks=False)`), so the one lever
-the exporter implements (bit-packed masks) is measured, not computed. Writes
+each exact lever the exporter implements undone (ReLU masks as bool bytes; no scheduling)
+and with the opt-in int8 kept activations on (`to_training_program` options, `VARIANTS`),
+so those levers are measured, not computed, each with the exporter's fit check. Writes
 arena_peak.{json,md} beside this file. The warm-up is skipped: it changes weights, not
-sizes. The other levers are computed from the measured roles: each line says which role it
-acts on and by how much it would shrink it.
+sizes. The lever not implemented is computed from the measured roles of the smallest step.
 """
 
 from __future__ import annotations
@@ -44,47 +44,55 @@ def export_report(device: str, batch: int, out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def unpacked_report(device: str, batch: int, out: Path) -> dict:
-    """The same step exported with its ReLU masks as bool bytes (the exporter's default packs
-    them): the baseline of the implemented lever."""
+# The shipped step against the same step with one implemented lever undone (the baselines
+# of the exact levers), and with the opt-in one on: label -> to_training_program options.
+VARIANTS = {
+    "ReLU masks as bool bytes": {"pack_masks": False},
+    "scheduled (opt-in)": {"schedule": True},
+    "scheduled, int8 kept activations (opt-in)": {"int8_activations": True},
+}
+
+
+def variant_report(device: str, batch: int, out: Path, options: dict) -> dict:
+    """The shipped step exported with `options` (to_training_program's), with its fit check."""
     import torch
 
     import edgeadapt
     from edgeadapt.export import to_training_program
+    from edgeadapt.export.fit import check_fit
 
     model = edgeadapt.create_model(
         "resnet20", checkpoint=shared_dir() / "models" / "resnet20_cifar10jpeg.pt"
     )
     example = torch.zeros(batch, 3, 32, 32)
     adapter = edgeadapt.wrap(model, edgeadapt.EcoTTAConfig.device(), example_input=example)
-    report = to_training_program(adapter, example, out / "unpacked.pte", device=device,
-                                 pack_masks=False)  # fmt: skip
-    return report.to_dict()
+    name = "_".join(f"{k}-{v}" for k, v in options.items())
+    report = to_training_program(adapter, example, out / f"{name}.pte", device=device, **options)
+    return {**report.to_dict(), "fit": check_fit(report, device).to_dict()}
 
 
 def levers(peak: dict) -> list[tuple[str, int]]:
     """Bytes each lever not implemented yet would free at the peak, from the measured roles."""
     by_role = peak["by_role"]
-    kept = by_role["kept activations"]
     # The backward needs at least the gradient it reads and the one it writes.
     temps = sorted((t["bytes"] for t in peak["largest"] if t["role"] == "backward temporaries"),
                    reverse=True)  # fmt: skip
     return [
-        ("kept activations stored int8 (a quarter of fp32)", kept - kept // 4),
         ("backward temporaries down to the two largest (a gradient in, one out)",
          max(0, by_role["backward temporaries"] - sum(temps[:2]))),
     ]  # fmt: skip
 
 
-def measured_runtime_tables() -> int | None:
-    """The method allocator's bytes for ecotta_adapt on the Cortex-M7 build (results.json,
-    written by run.py), or None where that run is not committed."""
-    path = HERE / "results.json"
-    if not path.is_file():
+def measured_runtime_tables(
+    program: str = "ecotta_adapt", results: Path = HERE / "results.json"
+) -> int | None:
+    """The method allocator's bytes for `program` on the Cortex-M7 build (`results`, written
+    by run.py), or None where that run is not committed."""
+    if not results.is_file():
         return None
-    rows = json.loads(path.read_text())["rows"]
+    rows = json.loads(results.read_text())["rows"]
     used = [r["method_used"] for r in rows
-            if r["program"] == "ecotta_adapt" and r["build"] == "an500" and r["method_used"]]  # fmt: skip
+            if r["program"] == program and r["build"] == "an500" and r["method_used"]]  # fmt: skip
     return used[0] if used else None
 
 
@@ -92,32 +100,45 @@ def _tensor_row(t: dict) -> str:
     return f"| {t['node']} | {t['role']} | {tuple(t['shape'])} | {t['dtype']} | {t['bytes']:,} |"
 
 
-def _packing_rows(report: dict, unpacked: dict) -> list[str]:
-    """The implemented lever, measured: the shipped program against its unpacked twin."""
-    a, b = unpacked, report
-    pa, pb = a["arena_peak"], b["arena_peak"]
-    rows = [
-        ("planned arena", sum(a["arena_bytes"]), sum(b["arena_bytes"])),
-        ("bytes alive at the peak", pa["peak_live_bytes"], pb["peak_live_bytes"]),
-        ("ReLU masks alive there", pa["by_role"]["kept masks"], pb["by_role"]["kept masks"]),
-        ("runtime tables, 32-bit estimate", a["runtime_bytes_estimate"],
-         b["runtime_bytes_estimate"]),
-    ]  # fmt: skip
+def _variant_rows(report: dict, variants: dict[str, dict]) -> list[str]:
+    """The implemented levers, measured: the shipped program against each variant."""
+    columns = {"shipped": report, **variants}
+    peaks = {k: r["arena_peak"] for k, r in columns.items()}
+    rows = [("planned arena", {k: sum(r["arena_bytes"]) for k, r in columns.items()}),
+            ("bytes alive at the peak", {k: p["peak_live_bytes"] for k, p in peaks.items()}),
+            *((f"… {role}", {k: p["by_role"][role] for k, p in peaks.items()})
+              for role in ("kept activations", "kept masks", "backward temporaries")),
+            ("runtime tables, 32-bit estimate",
+             {k: r["runtime_bytes_estimate"] for k, r in columns.items()}),
+            ("short of the part (fit check)",
+             {k: r["fit"]["missing_bytes"] for k, r in columns.items()})]  # fmt: skip
     return [
-        "**Implemented: ReLU masks bit-packed** (`export/training_passes.py` "
-        "`bit_packed_masks`, on by default): each mask the backward reads is packed 8 to a byte "
-        "right after the forward makes it and unpacked right before its backward use; the "
-        "step is bit-identical (`tests/export/test_export_training.py`). Measured on this "
-        "program against the same step with bool masks:",
+        "**Levers, measured** on this program (export/training_passes.py): the shipped step "
+        "(bit-packed ReLU masks) against the same step with its masks as bool bytes, "
+        "scheduled (opt-in, exact), and scheduled with int8 kept activations (opt-in):",
         "",
-        "| | bool masks | bit-packed | change |",
-        "|---|---:|---:|---:|",
-        *(f"| {name} | {x:,} | {y:,} | {y - x:+,} |" for name, x, y in rows),
+        "- bit-packed masks (`bit_packed_masks`): each ReLU mask the backward reads packed 8 "
+        "to a byte after the forward makes it, unpacked right before its use;",
+        "- scheduling (`schedule=True`, `--schedule`: `drop_aliases`, `early_forward_ops`, "
+        "`late_backward_ops`): the loss's L1 terms computed where their maps are made, not "
+        "after the whole forward; their gradients made right before each part's backward, "
+        "not all at its start; aliases read directly instead of copied;",
+        "- int8 kept activations (`int8_activations=True`, `--kept-activations int8`): the "
+        "float maps the "
+        "gradients read kept int8 with a step per channel; the forward is unchanged, the "
+        "gradients approximate (benchmarks/firmware/int8_activations.md).",
+        "",
+        "The masks and the scheduling give the same step bit for bit "
+        "(tests/export/test_export_training.py).",
+        "",
+        "| | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+        *(f"| {name} | " + " | ".join(f"{v[k]:,}" for k in columns) + " |" for name, v in rows),
         "",
     ]
 
 
-def markdown(report: dict, device: str, batch: int, unpacked: dict | None = None) -> str:
+def markdown(report: dict, device: str, batch: int, variants: dict[str, dict]) -> str:
     peak = report["arena_peak"]
     fit = report.get("fit", {})
     rows = sorted(peak["by_role"].items(), key=lambda kv: -kv[1])
@@ -142,22 +163,30 @@ def markdown(report: dict, device: str, batch: int, unpacked: dict | None = None
         "|---|---|---|---|---:|",
         *(_tensor_row(t) for t in peak["largest"]),
         "",
-        *(_packing_rows(report, unpacked) if unpacked else []),
-        "**What each lever not implemented would free at this peak** (computed from the "
-        "roles above):",
+        *_variant_rows(report, variants),
+    ]
+    best_name = "scheduled, int8 kept activations (opt-in)"
+    best = variants[best_name]["arena_peak"]
+    out += [
+        f"**What the lever not implemented would free** at the peak of the {best_name} step "
+        f"({best['peak_live_bytes']:,} B alive; computed from its roles):",
         "",
         "| lever | bytes freed |",
         "|---|---:|",
-        *(f"| {name} | {b:,} |" for name, b in levers(peak)),
+        *(f"| {name} | {b:,} |" for name, b in levers(best)),
         "",
     ]
-    freed = sum(b for _, b in levers(peak))
-    left = total - freed
-    tables = measured_runtime_tables()
-    tables_text = (f"{tables:,} B measured on the Cortex-M7 build, results.md"
-                   if tables else "not measured here: run run.py")  # fmt: skip
+    freed = sum(b for _, b in levers(best))
+    left = best["peak_live_bytes"] - freed
+    # The int8 step's own tables, measured by levers.sh; else the shipped step's (run.py).
+    tables = measured_runtime_tables("ecotta_adapt_int8", HERE / "levers" / "results.json")
+    tables_text = f"{tables:,} B measured for that step on the Cortex-M7 build, levers/results.md"
+    if tables is None:
+        tables = measured_runtime_tables()
+        tables_text = (f"{tables:,} B measured for the shipped step on the Cortex-M7 build, "
+                       "results.md" if tables else "not measured here: run run.py")  # fmt: skip
     out += [
-        f"Both together would leave {left:,} B alive at this peak, against "
+        f"With it, {left:,} B would be alive at that peak, against "
         f"{F746_SRAM:,} B of STM32F746 SRAM that must also hold the method allocator's "
         f"tables ({tables_text}). The kept "
         "activations are each meta network's input (its 1×1 convolution's weight gradient "
@@ -177,11 +206,11 @@ def markdown(report: dict, device: str, batch: int, unpacked: dict | None = None
         verdict = (f"{need - F746_SRAM:,} B short: the runtime tables must shrink too (fewer "
                    "instructions: fused or larger kernels)" if need > F746_SRAM
                    else f"{F746_SRAM - need:,} B to spare")  # fmt: skip
-        out += [f"Arena after both levers plus the tables and the firmware's own RAM "
+        out += [f"That arena plus those tables and the firmware's own RAM "
                 f"({own:,} B: .data+.bss, reserved stack and temp pool): {need:,} B, "
                 f"{verdict}.", ""]  # fmt: skip
     if fit:
-        out += [f"Fit check: {fit.get('message', '')}", ""]
+        out += [f"Fit check of the shipped step: {fit.get('message', '')}", ""]
     return "\n".join(out)
 
 
@@ -193,16 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         report = export_report(args.device, args.batch, Path(tmp))
-        unpacked = unpacked_report(args.device, args.batch, Path(tmp))
+        variants = {label: variant_report(args.device, args.batch, Path(tmp), options)
+                    for label, options in VARIANTS.items()}  # fmt: skip
     stem = Path(args.out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     keep = {k: report.get(k) for k in ("arena_bytes", "arena_peak", "fit", "settings",
                                        "input_shape", "file_bytes", "sha256")}  # fmt: skip
     keep["command"] = f"python benchmarks/firmware/arena_peak.py --device {args.device} " \
                       f"--batch {args.batch}"  # fmt: skip
-    keep["unpacked_masks"] = {k: unpacked.get(k) for k in ("arena_bytes", "arena_peak",
-                                                           "runtime_bytes_estimate")}  # fmt: skip
+    keep["variants"] = {label: {k: v.get(k) for k in ("arena_bytes", "arena_peak",
+                                                      "runtime_bytes_estimate", "fit", "notes")}
+                        for label, v in variants.items()}  # fmt: skip
     stem.with_suffix(".json").write_text(json.dumps(keep, indent=2) + "\n")
-    text = markdown(report, args.device, args.batch, unpacked)
+    text = markdown(report, args.device, args.batch, variants)
     stem.with_suffix(".md").write_text(text)
     print(text)
     return 0

@@ -195,6 +195,8 @@ def host_table(path: Path) -> list[str]:
 
 
 def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str:
+    """The results page; `meta["notes"]` (--note), where set, replaces the shipped programs'
+    host table and notes (a run on other programs, into another --out)."""
     out = ["# Firmware on a Cortex-M7 (QEMU mps2-an500), measured", "",
            f"ExecuTorch {meta['executorch']} runtime built with {meta['gcc']} for Cortex-M7 "
            "(FPv5-SP, -Os, selective build of the portable kernels); run in "
@@ -251,7 +253,9 @@ def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str
                    f"{r['data_bytes'] + r['bss_bytes']:,} | {fits} |")  # fmt: skip
     out += ["", "Code = .text less the linked-in .pte and inputs (runtime + kernels + runner); "
             ".bss excludes the arenas and the stack (own sections).", ""]  # fmt: skip
-    out += host_table(HERE / "host.json")
+    notes = meta.get("notes")
+    if not notes:
+        out += host_table(HERE / "host.json")
     if compares:
         out += ["## Device vs host", ""]
         for name, c in compares.items():
@@ -265,7 +269,7 @@ def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str
             for k, v in b["items"].items():
                 out.append(f"- {k}: {v:,} B")
             out.append("")
-    out += NOTES
+    out += ["## Notes", "", *(f"- {n}" for n in notes), ""] if notes else NOTES
     return "\n".join(out)
 
 
@@ -298,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-4, help="SGD lr (EcoTTAConfig.device())")
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--note", action="append", default=[],
+                   help="a note on these programs (repeatable); replaces the shipped "
+                        "programs' host table and notes on the page")  # fmt: skip
     p.add_argument("--render", action="store_true",
                    help="only rewrite results.md from results.json")  # fmt: skip
     p.add_argument("--measurement", type=Path, default=None,
@@ -308,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         args.measurement = measurement_path(CORE)
     if args.render:
         saved = json.loads((args.out / "results.json").read_text())
+        if args.note:
+            saved["meta"]["notes"] = args.note
+            (args.out / "results.json").write_text(json.dumps(saved, indent=1) + "\n")
         (args.out / "results.md").write_text(markdown(saved["rows"], saved["device_vs_host"],
                                                       saved["stm32f746"], saved["meta"]) + "\n")  # fmt: skip
         _write_measurement(args.measurement, saved["rows"], saved["meta"])
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "inputs": f"{args.inputs} CIFAR-10 (JPEG) test images, shuffled with seed 0",
         "steps": args.steps,
         "lr": args.lr,
+        **({"notes": args.note} if args.note else {}),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(

@@ -52,6 +52,9 @@ def _refused(capsys, argv: list[str]) -> str:
         (["--random-weights", "--method", "tent", "--adapter", "nope.pt"], "--adapter"),
         (["--random-weights", "--method", "ecotta", "--source-data", "tests",
           "--warmup-cache", "tests/conftest.py/cache"], "--warmup-cache"),
+        # They shape a training program's arena: refused for a prediction program.
+        (["--random-weights", "--kept-activations", "int8"], "--kept-activations"),
+        (["--random-weights", "--schedule"], "--schedule"),
         ([], "--checkpoint"),  # random weights only when asked for
         (["--checkpoint", "nope.pt"], "--checkpoint"),
         (["--checkpoint", "nope.pt", "--random-weights"], "--random-weights"),
