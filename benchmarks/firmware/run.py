@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--programs", type=Path, default=REPO / "build" / "mcu" / "programs")
     p.add_argument("--inputs", type=int, default=20)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-4, help="SGD lr (EcoTTAConfig.device())")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="SGD lr of the device-vs-host steps (the committed results: 1e-4; "
+                        "EcoTTAConfig.device() adapts at 1e-3)")  # fmt: skip
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--note", action="append", default=[],
                    help="a note on these programs (repeatable); replaces the shipped "
