@@ -136,21 +136,15 @@ def _forward_nodes(ep: Any, nodes: list[Any]) -> set[Any]:
     training_passes), which the loss does not need. The backward starts after the loss."""
     from torch.export.graph_signature import OutputKind
 
+    from edgeadapt.export.training_passes import _ancestors
+
     # The emitted program writes mutated buffers in place: their outputs are gone from the
     # graph but not from the signature.
     specs = [s for s in ep.graph_signature.output_specs if s.kind != OutputKind.BUFFER_MUTATION]
     outputs = nodes[-1].args[0]
     kinds = (OutputKind.LOSS_OUTPUT, OutputKind.USER_OUTPUT)
-    roots = [o for o, s in zip(outputs, specs) if s.kind in kinds and hasattr(o, "op")]
     losses = [o for o, s in zip(outputs, specs) if s.kind == OutputKind.LOSS_OUTPUT]
-    seen: set[Any] = set()
-    todo = list(roots)
-    while todo:
-        n = todo.pop()
-        if n in seen or not hasattr(n, "op"):
-            continue
-        seen.add(n)
-        todo.extend(n.all_input_nodes)
+    seen = _ancestors([o for o, s in zip(outputs, specs) if s.kind in kinds])
     position = {n: i for i, n in enumerate(nodes)}
     last = max((position[_base(o)] for o in losses if _base(o) in position), default=-1)
     for n in nodes[: last + 1]:

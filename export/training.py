@@ -176,14 +176,14 @@ def to_training_program(
         # step: 0.14% at most over 200 frames, benchmarks/firmware/int8_activations.md).
         diff = sum(float((got_grads[k] - g).norm()) ** 2 for k, g in grads.items()) ** 0.5
         size = sum(float(g.norm()) ** 2 for g in grads.values()) ** 0.5
+        relative = diff / max(size, 1e-30)
         if not diff <= INT8_GRADIENT_BOUND * size:
             raise VerificationError(
                 f"with int8 kept activations the program's gradients differ from eager by "
-                f"{diff / max(size, 1e-30):.0%} of their size (bound "
-                f"{INT8_GRADIENT_BOUND:.0%}); not written"
+                f"{relative:.0%} of their size (bound {INT8_GRADIENT_BOUND:.0%}); not written"
             )
-        notes.append(f"int8 kept activations: gradients within {diff / max(size, 1e-30):.1%} "
-                     "of eager (relative L2)")  # fmt: skip
+        notes.append(f"int8 kept activations: gradients within {relative:.1%} of eager "
+                     "(relative L2)")  # fmt: skip
         names = names[:2]
     else:
         pairs += [(got_grads[k], g) for k, g in grads.items()]

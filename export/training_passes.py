@@ -151,11 +151,12 @@ def _pack_and_unpack(graph: Any, masks: list[tuple[Any, list[Any]]]) -> None:
 
 def int8_kept_activations(exported: Any, *, min_elements: int = 8192) -> int:
     """Keep, in place, each float32 activation the backward reads as int8: quantized right
-    after the forward makes it (symmetric, one scale per tensor: max|x| / 127, rounded to
-    nearest) and dequantized right before each gradient computation reads it. The forward
-    itself reads the exact values, and so does anything that is not a gradient (the BN
-    running statistics); the gradients that read a kept activation become approximations
-    (one part in 254 of the tensor's range). Returns how many activations are kept as int8.
+    after the forward makes it (a step of (max - min) / 255 from each channel's min, rounded
+    to nearest) and widened right before each gradient computation that reads it. The
+    forward itself reads the exact values, and so does anything that is not a gradient (the
+    loss, the logits, the stream statistics); the gradients that read a kept activation
+    become approximations (half a step: one part in 510 of each channel's range). Returns
+    how many activations are kept as int8.
 
     Only tensors of at least `min_elements`: each adds about fifteen instructions, whose
     runtime tables outweigh the bytes a small tensor saves, and on ResNet-20 at 32×32 the
@@ -163,14 +164,11 @@ def int8_kept_activations(exported: Any, *, min_elements: int = 8192) -> int:
     none of the arena's peak (benchmarks/firmware/int8_activations.md)."""
     from torch.export.graph_signature import OutputKind
 
-    graph = exported.graph_module.graph
-    nodes = list(graph.nodes)
-    specs = exported.graph_signature.output_specs
-    outputs = nodes[-1].args[0]
-    grads = [o for o, sp in zip(outputs, specs) if sp.kind == OutputKind.GRADIENT_TO_PARAMETER]
+    nodes = list(exported.graph_module.graph.nodes)
+    grads = _outputs(exported, nodes, lambda kind: kind == OutputKind.GRADIENT_TO_PARAMETER)
     # Everything but the gradients reads exact values: the loss, the logits, and the stream
     # statistics the step writes back (buffer mutations).
-    exact = [o for o, sp in zip(outputs, specs) if sp.kind != OutputKind.GRADIENT_TO_PARAMETER]
+    exact = _outputs(exported, nodes, lambda kind: kind != OutputKind.GRADIENT_TO_PARAMETER)
     if not grads:
         return 0
     forward, gradient = _ancestors(exact), _ancestors(grads)
@@ -184,7 +182,7 @@ def int8_kept_activations(exported: Any, *, min_elements: int = 8192) -> int:
         late = [u for u in node.users if u not in forward and u in gradient]
         if late:
             kept.append((node, late))
-    return _rewrite(exported, kept, _quantize_and_dequantize_all)
+    return _rewrite(exported, kept, _quantize_and_dequantize)
 
 
 def drop_aliases(exported: Any) -> int:
@@ -223,10 +221,8 @@ def early_forward_ops(exported: Any) -> int:
 
     graph = exported.graph_module.graph
     nodes = list(graph.nodes)
-    specs = exported.graph_signature.output_specs
-    outputs = nodes[-1].args[0]
     kinds = (OutputKind.LOSS_OUTPUT, OutputKind.USER_OUTPUT)
-    forward = _ancestors([o for o, sp in zip(outputs, specs) if sp.kind in kinds])
+    forward = _ancestors(_outputs(exported, nodes, lambda kind: kind in kinds))
     order: list[Any] = []
     moved = 0
     for node in nodes:
@@ -293,12 +289,17 @@ def _loss_position(exported: Any, order: list[Any]) -> int | None:
     """Where the loss is computed (the backward starts after it), or None without a loss."""
     from torch.export.graph_signature import OutputKind
 
-    specs = exported.graph_signature.output_specs
-    outputs = order[-1].args[0]
-    losses = [o for o, sp in zip(outputs, specs) if sp.kind == OutputKind.LOSS_OUTPUT]
+    losses = _outputs(exported, order, lambda kind: kind == OutputKind.LOSS_OUTPUT)
     index = {n: i for i, n in enumerate(order)}
     found = [index[o] for o in losses if o in index]
     return max(found) if found else None
+
+
+def _outputs(exported: Any, nodes: list[Any], wanted: Any) -> list[Any]:
+    """The graph's output nodes whose output kind (`OutputKind`) `wanted` accepts; `nodes`
+    in graph order (the output node last)."""
+    specs = exported.graph_signature.output_specs
+    return [o for o, sp in zip(nodes[-1].args[0], specs) if wanted(sp.kind)]
 
 
 def _bytes(node: Any) -> int:
@@ -324,11 +325,6 @@ def _rewrite(exported: Any, found: list[tuple[Any, list[Any]]], rewrite: Any) ->
     return len(found)
 
 
-def _quantize_and_dequantize_all(graph: Any, kept: list[tuple[Any, list[Any]]]) -> None:
-    for node, late in kept:
-        _quantize_and_dequantize(graph, node, late)
-
-
 def _ancestors(roots: list[Any]) -> set[Any]:
     seen: set[Any] = set()
     todo = [r for r in roots if hasattr(r, "op")]
@@ -340,9 +336,15 @@ def _ancestors(roots: list[Any]) -> set[Any]:
     return seen
 
 
-def _quantize_and_dequantize(graph: Any, node: Any, late: list[Any]) -> None:
-    """x -> int8 steps of (max - min) / 255 from each channel's min (dim 1; the whole
-    tensor where it has none) right after `node`; back to float before each of `late`."""
+def _quantize_and_dequantize(graph: Any, kept: list[tuple[Any, list[Any]]]) -> None:
+    """For each (node, late) of `kept`: its values to int8 steps of (max - min) / 255 from
+    each channel's min (dim 1; the whole tensor where it has none) right after `node`, back
+    to float before each of `late`."""
+    for node, late in kept:
+        _quantize_one(graph, node, late)
+
+
+def _quantize_one(graph: Any, node: Any, late: list[Any]) -> None:
     aten = torch.ops.aten
     val = node.meta["val"]
     dims = [d for d in range(val.dim()) if d != 1] if val.dim() >= 2 else list(range(val.dim()))

@@ -115,7 +115,9 @@ def gradient_errors(work: Path, frames: torch.Tensor) -> list[float]:
     runners = [TrainingRunner(work / f"{kind}.pte", lr=0.0) for kind in KINDS]
     errors = []
     for x in frames:
-        a, b = (r.forward_backward(x) and r.gradients() for r in runners)
+        for runner in runners:
+            runner.forward_backward(x)
+        a, b = (runner.gradients() for runner in runners)
         diff = sum(float((a[k] - b[k]).norm()) ** 2 for k in a) ** 0.5
         norm = sum(float(a[k].norm()) ** 2 for k in a) ** 0.5
         errors.append(diff / max(norm, 1e-30))
