@@ -111,6 +111,8 @@ def _planned_specs(nodes: list[Any]) -> dict[int, tuple[Any, Any]]:
         for s in _specs_of(node):
             if s.mem_id is None or s.lifetime[0] is None or getattr(s, "const", False):
                 continue
+            if getattr(s, "storage_base", None) is not None:
+                continue  # written over its base's memory, whose lifetime the planner extended
             producer = found.get(id(s), (s, node))[1]
             if _is_alloc(producer) and not _is_alloc(node):
                 producer = node

@@ -9,26 +9,27 @@ with 22). Instructions only read these arguments, so instructions can share one 
 
 Only values nothing writes are shared: not the plan's or a chain's inputs and outputs, not a
 move's destination, not a kernel's or delegate's last argument (where an op's result goes),
-not a freed value. Tensors are never touched.
+not a freed value.
+
+Tensors in the planned arena repeat too: the memory planner puts tensors whose lifetimes do
+not overlap at the same offset, and tensors of one shape at one offset are the same TensorImpl
+in all but name (ResNet-20's EcoTTA step: 1,559 arena tensors, 429 distinct). Each still costs
+an EValue, a TensorImpl and a strides array at load (~60 B on a 32-bit target).
+`share_arena_tensors` gives instructions one value for each (opt-in with the exporter's
+memory levers).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["share_constant_values"]
+__all__ = ["share_arena_tensors", "share_constant_values"]
 
 
 def share_constant_values(data: bytes) -> tuple[bytes, int]:
     """`data` (a .pte) with identical read-only scalar and int-list values shared in every
     method; returns the new bytes and how many values were removed."""
-    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
-
-    pte = deserialize_pte_binary(data)
-    removed = sum(_share_in_plan(plan) for plan in pte.program.execution_plan)
-    if not removed:
-        return data, 0
-    return bytes(serialize_pte_binary(pte)), removed
+    return _in_every_plan(data, _share_in_plan)
 
 
 def _share_in_plan(plan: Any) -> int:
@@ -45,6 +46,82 @@ def _share_in_plan(plan: Any) -> int:
         if isinstance(v.val, s.IntList) and i not in written:
             key = ("IntList", tuple(target.get(j, j) for j in v.val.items))
             target[i] = canonical.setdefault(key, i)
+    return _merge(plan, target, s)
+
+
+def share_arena_tensors(data: bytes) -> tuple[bytes, int]:
+    """`data` (a .pte) with the arena tensors of each method that are identical -- dtype,
+    shape, dim order, memory id and offset -- given one value; returns the new bytes and how
+    many values were removed. Exact: such tensors are the same memory seen the same way, and
+    the planner placed them there because no two are alive at once. Not shared: the plan's
+    and chains' inputs and outputs, constants, and any tensor an instruction reads or writes
+    beside another of the group (checked: there would be an instruction reading its own output
+    then, which a correct plan never makes)."""
+    return _in_every_plan(data, _share_tensors_in_plan)
+
+
+def _in_every_plan(data: bytes, share: Any) -> tuple[bytes, int]:
+    """`share(plan)` on every method of the .pte `data`: the new bytes and the values removed
+    (`data` itself when none was)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    pte = deserialize_pte_binary(data)
+    removed = sum(share(plan) for plan in pte.program.execution_plan)
+    if not removed:
+        return data, 0
+    return bytes(serialize_pte_binary(pte)), removed
+
+
+def _share_tensors_in_plan(plan: Any) -> int:
+    from executorch.exir import schema as s
+
+    ends = {*plan.inputs, *plan.outputs}
+    for chain in plan.chains:
+        ends.update(chain.inputs)
+        ends.update(chain.outputs)
+    canonical: dict[tuple, int] = {}
+    target: dict[int, int] = {}
+    for i, v in enumerate(plan.values):
+        t = v.val
+        if (not isinstance(t, s.Tensor) or i in ends or t.allocation_info is None
+                or t.data_buffer_idx != 0 or t.extra_tensor_info is not None):  # fmt: skip
+            continue
+        a = t.allocation_info
+        key = (t.scalar_type, tuple(t.sizes), tuple(t.dim_order), t.storage_offset, t.layout,
+               t.shape_dynamism, t.requires_grad, a.memory_id, a.memory_offset_low,
+               a.memory_offset_high)  # fmt: skip
+        target[i] = canonical.setdefault(key, i)
+    # An instruction whose distinct tensors would become one: leave that group unshared,
+    # unless it is an elementwise kernel writing over its input (export/in_place.py).
+    clashing = set()
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            a = instruction.instr_args
+            if isinstance(a, s.KernelCall) and _operator(plan, a.op_index) in IN_PLACE_KERNELS:
+                continue
+            tensors = {j for j in (getattr(a, "args", None) or ()) if j in target}
+            if len({target[j] for j in tensors}) < len(tensors):
+                clashing.update(target[j] for j in tensors)
+    target = {i: t for i, t in target.items() if t not in clashing}
+    return _merge(plan, target, s)
+
+
+# The out variants of export/in_place.py's ELEMENTWISE ops.
+IN_PLACE_KERNELS = frozenset(
+    f"aten::{name}"
+    for name in ("abs.out", "add.out", "clamp.out", "div.out", "mul.out", "neg.out",
+                 "round.out", "rsqrt.out", "sub.out", "where.self_out")
+)  # fmt: skip
+
+
+def _operator(plan: Any, index: int) -> str:
+    op = plan.operators[index]
+    return f"{op.name}.{op.overload}" if op.overload else op.name
+
+
+def _merge(plan: Any, target: dict[int, int], s: Any) -> int:
+    """Drop, in place, every value `target` maps to another and point its readers at that
+    one; returns how many were dropped."""
     kept = [i for i in range(len(plan.values)) if target.get(i, i) == i]
     if len(kept) == len(plan.values):
         return 0

@@ -89,11 +89,16 @@ def to_training_program(
     `pack_masks`: keep the ReLU masks the backward reads as bits (`bit_packed_masks`: exact,
     an eighth of their bytes in the arena, a few more instructions); off only to compare.
 
-    `schedule` (opt-in; exact, the same step bit for bit): aliases read directly instead of
-    copied, each forward op placed right after its inputs (a loss term computed where its
-    maps are made, not after the whole forward) and each backward op made from small
-    tensors right before its first use (`drop_aliases`, `early_forward_ops`,
-    `late_backward_ops`): a smaller arena and fewer runtime tables.
+    `schedule` (opt-in; exact, the same step bit for bit with the portable kernels): aliases
+    read directly instead of copied; autograd's |x|, its gradient and a strided slice's
+    gradient made with fewer full maps (training_folds); a trainable convolution's weight
+    gradient made before its input gradient (`split_conv_backward`); each forward op right
+    after its inputs and each backward op made from small tensors right before its first
+    use (`early_forward_ops`, `late_backward_ops`); ops that free memory first
+    (`memory_aware_order`); elementwise ops written over the input they are the last to
+    read (`in_place_elementwise`); arena tensors of one shape at one offset one runtime value
+    (`share_arena_tensors`). A smaller arena and far fewer runtime tables
+    (benchmarks/firmware/arena_peak.md).
 
     `int8_activations` (opt-in, implies `schedule`): keep the float activations the
     gradients read as int8 with a step per channel (`int8_kept_activations`): a quarter of
@@ -110,8 +115,11 @@ def to_training_program(
 
     from edgeadapt.export.arena_peak import arena_peak
     from edgeadapt.export.executorch_program import capture, write_pte
+    from edgeadapt.export.in_place import in_place_elementwise
+    from edgeadapt.export.memory_order import memory_aware_order
     from edgeadapt.export.memory_plan import backend_config
-    from edgeadapt.export.shared_values import share_constant_values
+    from edgeadapt.export.shared_values import share_arena_tensors, share_constant_values
+    from edgeadapt.export.training_folds import fold_abs, fold_scatter_adds, fold_sign_gradients
     from edgeadapt.export.training_passes import (
         bit_packed_masks,
         drop_aliases,
@@ -119,6 +127,7 @@ def to_training_program(
         input_free_conv_backward,
         int8_kept_activations,
         late_backward_ops,
+        split_conv_backward,
         training_indices_without_buffer_mutations,
     )
 
@@ -135,6 +144,10 @@ def to_training_program(
         schedule = schedule or int8_activations
         if schedule:
             drop_aliases(exported)
+            split_conv_backward(exported)
+            fold_sign_gradients(exported)
+            fold_abs(exported)
+            fold_scatter_adds(exported)
             early_forward_ops(exported)
         if pack_masks:
             bit_packed_masks(exported)
@@ -142,13 +155,19 @@ def to_training_program(
             int8_kept_activations(exported)
         if schedule:  # after packing: the gradient maps are then made from small tensors
             late_backward_ops(exported)
+            memory_aware_order(exported)
         config = backend_config(profile)
         if mutable:  # without it a mutated buffer's initial value is not written to the file
             config.passes.append(InitializedMutableBufferPass(list(mutable)))
         with training_indices_without_buffer_mutations():
-            manager = to_edge(exported).to_executorch(config)
+            edge = to_edge(exported)
+            if schedule:  # outputs over the inputs they are the last to read
+                in_place_elementwise(edge.exported_program().graph_module)
+            manager = edge.to_executorch(config)
         # Scalar arguments shared between instructions: fewer runtime tables on the device.
         data, _ = share_constant_values(manager.buffer)
+        if schedule:  # and arena tensors, one value per shape at each offset
+            data, _ = share_arena_tensors(data)
         peak = arena_peak(manager)
     except ExportError:
         raise

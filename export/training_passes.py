@@ -14,6 +14,11 @@ A ReLU's mask (`x > 0`, a bool byte per element) is kept from the forward for th
 packed eight to a byte it takes an eighth of that, and unpacking it right before its
 backward use gives back exactly the same mask.
 
+A trainable convolution's `convolution_backward` reads the forward input for its weight
+gradient while it writes the input gradient: split in two (weight gradient first, input
+gradient as a transposed convolution), the forward input can die before the input
+gradient's map is made (`split_conv_backward`).
+
 The joint graph's op order is not the memory planner's friend: it computes the loss's
 terms after the whole forward and their gradients at the head of the backward, so the maps
 they read or make stay alive across the rest of the step. `drop_aliases`,
@@ -44,6 +49,7 @@ __all__ = [
     "input_free_conv_backward",
     "int8_kept_activations",
     "late_backward_ops",
+    "split_conv_backward",
     "training_indices_without_buffer_mutations",
 ]
 
@@ -51,42 +57,19 @@ __all__ = [
 def input_free_conv_backward(exported: Any) -> int:
     """Rewrite, in place, each input-gradient-only `convolution_backward` of an exported
     forward+backward program as a transposed convolution; returns how many."""
-    aten = torch.ops.aten
     graph = exported.graph_module.graph
     rewritten = 0
-    for node in list(graph.nodes):
-        if node.target is not aten.convolution_backward.default:
-            continue
-        grad, inp, weight, _, stride, padding, dilation, transposed, _, groups, mask = node.args
+    for node in _conv_backwards(graph):
+        *_, transposed, _, _, mask = node.args
         users = list(node.users)
-        wants_input_grad_only = list(mask) == [True, False, False]
-        if transposed or not wants_input_grad_only:
+        if transposed or list(mask) != [True, False, False]:
             continue
         if any(u.target is not operator.getitem or u.args[1] != 0 for u in users):
             continue
-        # The transposed convolution's natural output size can be short of the input by up to
-        # stride - 1 rows/columns (the forward dropped them); output_padding restores them.
-        in_size = inp.meta["val"].shape[2:]
-        grad_size = grad.meta["val"].shape[2:]
-        kernel = weight.meta["val"].shape[2:]
-        output_padding = [
-            int(in_size[i])
-            - (
-                (int(grad_size[i]) - 1) * stride[i]
-                - 2 * padding[i]
-                + dilation[i] * (kernel[i] - 1)
-                + 1
-            )
-            for i in range(len(kernel))
-        ]
-        if not all(0 <= p < max(s, d) for p, s, d in zip(output_padding, stride, dilation)):
-            continue
         with graph.inserting_before(node):
-            weight = _recompute(graph, weight, _constant_names(exported))
-            new = graph.call_function(
-                aten.convolution.default,
-                (grad, weight, None, stride, padding, dilation, True, output_padding, groups),
-            )
+            new = _input_gradient(graph, node, _constant_names(exported))
+        if new is None:
+            continue
         for user in users:
             new.meta = dict(user.meta)
             user.replace_all_uses_with(new)
@@ -96,6 +79,81 @@ def input_free_conv_backward(exported: Any) -> int:
     graph.lint()
     exported.graph_module.recompile()
     return rewritten
+
+
+def split_conv_backward(exported: Any) -> int:
+    """Rewrite, in place, each `convolution_backward` that computes both the input's and
+    the weight's gradient as two ops: the weight's (and bias's) first, then the input's as a
+    transposed convolution (as the frozen convolutions' already are); returns how many. The
+    same math; with ExecuTorch's portable kernels the same values bit for bit (ResNet-20's
+    EcoTTA step: identical over 5 SGD steps; tests/export/test_export_training.py).
+
+    The combined op holds the forward input (for the weight gradient), the incoming
+    gradient and the input gradient it writes at once: a trainable convolution's three maps
+    (EcoTTA's meta networks read a part's input, a full feature map). Split, the forward
+    input can die before the input gradient is made (`memory_aware_order` runs it first)."""
+    aten = torch.ops.aten
+    graph = exported.graph_module.graph
+    split = 0
+    for node in _conv_backwards(graph):
+        *args, transposed, output_padding, groups, mask = node.args
+        if transposed or not (mask[0] and mask[1]):
+            continue
+        users = list(node.users)
+        if any(u.target is not operator.getitem for u in users):
+            continue
+        with graph.inserting_before(node):
+            grad_input = _input_gradient(graph, node, _constant_names(exported))
+        if grad_input is None:
+            continue
+        with graph.inserting_before(grad_input):
+            others = graph.call_function(
+                aten.convolution_backward.default,
+                (*args, transposed, output_padding, groups, [False, *mask[1:]]),
+            )
+        others.meta = {**node.meta, "val": (None, *node.meta["val"][1:])}
+        for user in users:
+            if user.args[1] == 0:
+                grad_input.meta = dict(user.meta)
+                user.replace_all_uses_with(grad_input)
+                graph.erase_node(user)
+            else:
+                user.replace_input_with(node, others)
+        graph.erase_node(node)
+        split += 1
+    graph.lint()
+    exported.graph_module.recompile()
+    return split
+
+
+def _conv_backwards(graph: Any) -> list[Any]:
+    return [n for n in graph.nodes if n.target is torch.ops.aten.convolution_backward.default]
+
+
+def _input_gradient(graph: Any, node: Any, constants: set[str]) -> Any:
+    """The input gradient of convolution_backward `node` as a transposed convolution of its
+    incoming gradient with its weight (inserted at the current point; a weight made from
+    constants made again there), or None where output_padding cannot restore the input's
+    size."""
+    aten = torch.ops.aten
+    grad, inp, weight, _, stride, padding, dilation, _, _, groups, _ = node.args
+    # The transposed convolution's natural output size can be short of the input by up to
+    # stride - 1 rows/columns (the forward dropped them); output_padding restores them.
+    in_size = inp.meta["val"].shape[2:]
+    grad_size = grad.meta["val"].shape[2:]
+    kernel = weight.meta["val"].shape[2:]
+    output_padding = [
+        int(in_size[i])
+        - ((int(grad_size[i]) - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1)
+        for i in range(len(kernel))
+    ]
+    if not all(0 <= p < max(s, d) for p, s, d in zip(output_padding, stride, dilation)):
+        return None
+    weight = _recompute(graph, weight, constants)
+    return graph.call_function(
+        aten.convolution.default,
+        (grad, weight, None, stride, padding, dilation, True, output_padding, groups),
+    )
 
 
 def bit_packed_masks(exported: Any, *, min_gap: int = 8, min_elements: int = 4096) -> int:
@@ -171,7 +229,7 @@ def int8_kept_activations(exported: Any, *, min_elements: int = 8192) -> int:
     exact = _outputs(exported, nodes, lambda kind: kind != OutputKind.GRADIENT_TO_PARAMETER)
     if not grads:
         return 0
-    forward, gradient = _ancestors(exact), _ancestors(grads)
+    forward, gradient = _forward_ops(exported, nodes, exact), _ancestors(grads)
     kept = []
     for node in nodes:
         val = node.meta.get("val")
@@ -222,7 +280,7 @@ def early_forward_ops(exported: Any) -> int:
     graph = exported.graph_module.graph
     nodes = list(graph.nodes)
     kinds = (OutputKind.LOSS_OUTPUT, OutputKind.USER_OUTPUT)
-    forward = _ancestors(_outputs(exported, nodes, lambda kind: kind in kinds))
+    forward = _forward_ops(exported, nodes, _outputs(exported, nodes, lambda k: k in kinds))
     order: list[Any] = []
     moved = 0
     for node in nodes:
@@ -293,6 +351,19 @@ def _loss_position(exported: Any, order: list[Any]) -> int | None:
     index = {n: i for i, n in enumerate(order)}
     found = [index[o] for o in losses if o in index]
     return max(found) if found else None
+
+
+def _forward_ops(exported: Any, nodes: list[Any], roots: list[Any]) -> set[Any]:
+    """`roots`' ancestors, and every op placed before the loss that is made from those and
+    placeholders only: what the forward makes for the backward alone (an L1 term's sign
+    mask once `fold_abs` computes |x| without it)."""
+    seen = _ancestors(roots)
+    last = _loss_position(exported, nodes)
+    for n in nodes[: -1 if last is None else last + 1]:
+        if (n.op == "call_function" and n not in seen
+                and all(a in seen or a.op == "placeholder" for a in n.all_input_nodes)):  # fmt: skip
+            seen.add(n)
+    return seen
 
 
 def _outputs(exported: Any, nodes: list[Any], wanted: Any) -> list[Any]:

@@ -119,10 +119,15 @@ def _variant_rows(report: dict, variants: dict[str, dict]) -> list[str]:
         "",
         "- bit-packed masks (`bit_packed_masks`): each ReLU mask the backward reads packed 8 "
         "to a byte after the forward makes it, unpacked right before its use;",
-        "- scheduling (`schedule=True`, `--schedule`: `drop_aliases`, `early_forward_ops`, "
-        "`late_backward_ops`): the loss's L1 terms computed where their maps are made, not "
-        "after the whole forward; their gradients made right before each part's backward, "
-        "not all at its start; aliases read directly instead of copied;",
+        "- scheduling (`schedule=True`, `--schedule`): aliases read directly instead of "
+        "copied (`drop_aliases`); autograd's |x|, its gradient and a strided slice's gradient "
+        "made with fewer full maps (export/training_folds.py); a trainable convolution's "
+        "weight gradient before its input gradient (`split_conv_backward`); the loss's L1 "
+        "terms computed where their maps are made and their gradients right before use "
+        "(`early_forward_ops`, `late_backward_ops`); ops that free memory run first "
+        "(export/memory_order.py); an elementwise op writes over the input it is the last to "
+        "read (export/in_place.py); arena tensors of one shape at one offset are one runtime "
+        "value (`share_arena_tensors`);",
         "- int8 kept activations (`int8_activations=True`, `--kept-activations int8`): the "
         "float maps the "
         "gradients read kept int8 with a step per channel; the forward is unchanged, the "
@@ -206,9 +211,15 @@ def markdown(report: dict, device: str, batch: int, variants: dict[str, dict]) -
         verdict = (f"{need - F746_SRAM:,} B short: the runtime tables must shrink too (fewer "
                    "instructions: fused or larger kernels)" if need > F746_SRAM
                    else f"{F746_SRAM - need:,} B to spare")  # fmt: skip
+        planned = sum(variants[best_name]["arena_bytes"])
         out += [f"That arena plus those tables and the firmware's own RAM "
                 f"({own:,} B: .data+.bss, reserved stack and temp pool): {need:,} B, "
-                f"{verdict}.", ""]  # fmt: skip
+                f"{verdict}. That is counted at that step only, so it bounds what the lever "
+                f"could do, it is not a fit: the plan holds more than is alive at its peak "
+                f"({planned:,} B planned over the part's banks against "
+                f"{best['peak_live_bytes']:,} B alive: slots that tensors of other sizes share, "
+                "cut at bank edges), and with the peak lowered another step may set it.",
+                ""]  # fmt: skip
     if fit:
         out += [f"Fit check of the shipped step: {fit.get('message', '')}", ""]
     return "\n".join(out)

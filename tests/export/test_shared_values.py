@@ -42,3 +42,32 @@ def test_shared_values_give_the_same_outputs_with_fewer_values() -> None:
     assert torch.equal(ExecuTorchRunner.from_bytes(shared).run(x), want)
     again, none = share_constant_values(shared)  # already shared: nothing left to do
     assert none == 0 and again == shared
+
+
+def test_shared_arena_tensors_give_the_same_outputs_with_fewer_tensors() -> None:
+    """Arena tensors of one shape at one offset become one value: the same outputs."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    from edgeadapt.export.shared_values import share_arena_tensors
+
+    plain = share_constant_values(_plain_pte())[0]
+    shared, removed = share_arena_tensors(plain)
+    assert removed > 0 and _values(shared) == _values(plain) - removed
+    plan = deserialize_pte_binary(shared).program.execution_plan[0]
+    offsets = [
+        (
+            tuple(v.val.sizes),
+            v.val.allocation_info.memory_id,
+            v.val.allocation_info.memory_offset_low,
+        )
+        for i, v in enumerate(plan.values)
+        if type(v.val).__name__ == "Tensor"
+        and v.val.allocation_info is not None
+        and i not in (*plan.inputs, *plan.outputs)
+    ]
+    assert len(offsets) == len(set(offsets))  # one value per shape at each offset
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    want = ExecuTorchRunner.from_bytes(plain).run(x)
+    assert torch.equal(ExecuTorchRunner.from_bytes(shared).run(x), want)
+    again, none = share_arena_tensors(shared)
+    assert none == 0 and again == shared
