@@ -116,3 +116,39 @@ def test_int8_program_runs_and_matches_the_host_runtime(tmp_path) -> None:
         finally:
             dev.close()
     assert torch.equal(got, ExecuTorchRunner.from_bytes(program).run(x))
+
+
+def test_a_scheduled_int8_training_program_steps_as_the_host_runtime(tmp_path) -> None:
+    """A step exported with every memory lever (`int8_activations` implies the scheduling:
+    in-place elementwise ops, arena tensors shared between instructions) on the native
+    device's kernels: the same losses and logits as the host's Python runtime stepping the
+    same program, and its weights move."""
+    import edgeadapt
+    from edgeadapt.export import TrainingRunner, to_training_program
+
+    torch.manual_seed(0)
+    model = edgeadapt.create_model("tiny_resnet")
+    config = edgeadapt.EcoTTAConfig(optimizer="sgd", momentum=0.0, lr=LR, entropy_margin=10.0,
+                                    lean=False, recompute=False)  # fmt: skip
+    x0 = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # one frame
+    adapter = edgeadapt.wrap(model, config, example_input=x0)
+    path = to_training_program(adapter, x0, tmp_path / "s.pte", int8_activations=True).path
+    runner = TrainingRunner(path, lr=LR)
+    after = []  # the weights after each step
+    with _device(tmp_path / "flash") as proc:
+        dev = BridgeClient.open(proc.port, timeout=30.0, retries=2)
+        try:
+            dev.connect()
+            dev.upload(path.read_bytes(), target=Target.TRAINING)
+            gen = torch.Generator().manual_seed(5)
+            for i in range(3):
+                x = 1.5 * torch.randn(x0.shape, generator=gen) + 0.3  # a shifted stream
+                got = dev.adapt(encode_raw(x), frame_id=i, timeout=60.0)
+                logits, loss, _ = runner.step(x)
+                assert got.loss == pytest.approx(loss, rel=1e-5, abs=1e-6)
+                assert torch.allclose(decode_output(got.output).reshape(logits.shape), logits,
+                                      atol=1e-5)  # fmt: skip
+                after.append({k: v.clone() for k, v in runner.parameters().items()})
+        finally:
+            dev.close()
+    assert max(float((after[-1][k] - v).abs().max()) for k, v in after[0].items()) > 0
