@@ -45,7 +45,7 @@ def memory_aware_order(exported: Any) -> int:
     position = {n: i for i, n in enumerate(nodes)}
     lazy = {n for n in ops if _only_constants(n)}
     remaining = {n: len(n.users) for n in nodes}
-    done = {n for n in nodes if n.op != "call_function"}
+    done = {n for n in nodes if n.op in ("placeholder", "get_attr")}
     order: list[Any] = []
 
     def emit(node: Any) -> None:
@@ -84,9 +84,10 @@ def memory_aware_order(exported: Any) -> int:
     for n in ops:  # lazy ops nothing reads
         if n not in done:
             emit(n)
-    rest = [n for n in nodes if n.op != "call_function"]
-    new = [*(n for n in rest if n.op == "placeholder"), *order,
-           *(n for n in rest if n.op != "placeholder")]  # fmt: skip
+    # Inputs and attributes first, the output last, the ops in their new order between.
+    head = [n for n in nodes if n.op in ("placeholder", "get_attr")]
+    tail = [n for n in nodes if n.op not in ("placeholder", "get_attr", "call_function")]
+    new = [*head, *order, *tail]
     moved = sum(1 for a, b in zip(nodes, new) if a is not b)
     for before, after in itertools.pairwise(new):
         before.append(after)
