@@ -113,8 +113,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--schedule",
         action="store_true",
-        help="adapt: order the step's ops for a smaller arena (exact: the same step bit for "
-        "bit; fewer runtime tables)",
+        help="adapt: rewrite and order the step's ops for a smaller arena and far fewer "
+        "runtime tables: folded gradients, ops that free memory first, elementwise ops in "
+        "place, tensors shared between instructions (exact: the same step bit for bit; "
+        "benchmarks/firmware/arena_peak.md)",
     )
     p.add_argument(
         "--kept-activations",
