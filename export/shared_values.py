@@ -15,8 +15,10 @@ Tensors in the planned arena repeat too: the memory planner puts tensors whose l
 not overlap at the same offset, and tensors of one shape at one offset are the same TensorImpl
 in all but name (ResNet-20's EcoTTA step: 1,559 arena tensors, 429 distinct). Each still costs
 an EValue, a TensorImpl and a strides array at load (~60 B on a 32-bit target).
-`share_arena_tensors` gives instructions one value for each (opt-in with the exporter's
-memory levers).
+`share_arena_tensors` gives instructions one value for each, and one for each set of
+constant tensors that are the same bytes of the file (the emitter stores equal data once
+but gives every lifted constant its own value: 270 constants, 169 distinct). Opt-in with the
+exporter's memory levers.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def _share_in_plan(plan: Any) -> int:
 
 def share_arena_tensors(data: bytes) -> tuple[bytes, int]:
     """`data` (a .pte) with the arena tensors of each method that are identical -- dtype,
-    shape, dim order, memory id and offset -- given one value; returns the new bytes and how
-    many values were removed. Exact: such tensors are the same memory seen the same way, and
+    shape, dim order, memory id and offset -- given one value, and so the constant tensors
+    that are the same bytes of the file seen the same way (the lifted 0.9s and 1e-5s of
+    every BN); returns the new bytes and how many values were removed. Exact: such tensors are the same memory seen the same way, and
     the planner placed them there because no two are alive at once. Not shared: the plan's
     and chains' inputs and outputs, constants, and any tensor an instruction reads or writes
     beside another of the group (checked: there would be an instruction reading its own output
@@ -81,16 +84,19 @@ def _share_tensors_in_plan(plan: Any) -> int:
         ends.update(chain.outputs)
     canonical: dict[tuple, int] = {}
     target: dict[int, int] = {}
+    constants: dict[int, int] = {}  # read-only: no instruction writes them, nothing clashes
     for i, v in enumerate(plan.values):
         t = v.val
-        if (not isinstance(t, s.Tensor) or i in ends or t.allocation_info is None
-                or t.data_buffer_idx != 0 or t.extra_tensor_info is not None):  # fmt: skip
+        if not isinstance(t, s.Tensor) or i in ends or t.extra_tensor_info is not None:
             continue
+        view = (t.scalar_type, tuple(t.sizes), tuple(t.dim_order), t.storage_offset, t.layout,
+                t.shape_dynamism, t.requires_grad)  # fmt: skip
         a = t.allocation_info
-        key = (t.scalar_type, tuple(t.sizes), tuple(t.dim_order), t.storage_offset, t.layout,
-               t.shape_dynamism, t.requires_grad, a.memory_id, a.memory_offset_low,
-               a.memory_offset_high)  # fmt: skip
-        target[i] = canonical.setdefault(key, i)
+        if a is None and t.data_buffer_idx > 0:  # a constant: the same bytes in the file
+            constants[i] = canonical.setdefault(("constant", t.data_buffer_idx, *view), i)
+        elif a is not None and t.data_buffer_idx == 0:
+            key = (*view, a.memory_id, a.memory_offset_low, a.memory_offset_high)
+            target[i] = canonical.setdefault(key, i)
     # An instruction whose distinct tensors would become one: leave that group unshared,
     # unless it is an elementwise kernel writing over its input (export/in_place.py).
     clashing = set()
@@ -102,7 +108,7 @@ def _share_tensors_in_plan(plan: Any) -> int:
             tensors = {j for j in (getattr(a, "args", None) or ()) if j in target}
             if len({target[j] for j in tensors}) < len(tensors):
                 clashing.update(target[j] for j in tensors)
-    target = {i: t for i, t in target.items() if t not in clashing}
+    target = {i: t for i, t in target.items() if t not in clashing} | constants
     return _merge(plan, target, s)
 
 

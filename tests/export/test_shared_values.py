@@ -71,3 +71,36 @@ def test_shared_arena_tensors_give_the_same_outputs_with_fewer_tensors() -> None
     assert torch.equal(ExecuTorchRunner.from_bytes(shared).run(x), want)
     again, none = share_arena_tensors(shared)
     assert none == 0 and again == shared
+
+
+class _Constants(nn.Module):
+    """The same constant twice (two buffers of equal bytes: one data buffer in the file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.full((3,), 0.5))
+        self.register_buffer("b", torch.full((3,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.a.view(1, 3, 1, 1) + self.b.view(1, 3, 1, 1)).sum(dim=(2, 3))
+
+
+def test_equal_constants_become_one_value_with_the_same_outputs() -> None:
+    from executorch.exir import to_edge
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    from edgeadapt.export.shared_values import share_arena_tensors
+
+    def constants(data: bytes) -> int:
+        plan = deserialize_pte_binary(data).program.execution_plan[0]
+        return sum(1 for v in plan.values
+                   if type(v.val).__name__ == "Tensor" and v.val.data_buffer_idx > 0)  # fmt: skip
+
+    exported = torch.export.export(_Constants(), (torch.randn(2, 3, 4, 4),))
+    plain = to_edge(exported).to_executorch().buffer
+    shared, removed = share_arena_tensors(plain)
+    assert removed > 0 and constants(shared) < constants(plain)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    want = ExecuTorchRunner.from_bytes(plain).run(x)
+    assert torch.equal(ExecuTorchRunner.from_bytes(shared).run(x), want)
+    assert torch.allclose(want, _Constants()(x))
