@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ELEMENTWISE", "in_place_elementwise", "op_name"]
+__all__ = ["ELEMENTWISE", "ELEMENTWISE_KERNELS", "in_place_elementwise", "op_name"]
 
 # Ops whose portable and optimized ExecuTorch kernels compute each output element from the
 # same element of every input of the output's shape (the others broadcast), so writing the
@@ -37,6 +37,17 @@ ELEMENTWISE = frozenset(
         "aten.where.self",
     }
 )
+
+
+def _out_kernel(name: str) -> str:
+    """The runtime's name of an ELEMENTWISE op's out variant: "aten.add.Tensor" ->
+    "aten::add.out", "aten.where.self" -> "aten::where.self_out"."""
+    _, op, overload = name.split(".")
+    return f"aten::{op}.out" if overload in ("Tensor", "default") else f"aten::{op}.{overload}_out"
+
+
+# The kernels those ops run as in an emitted program (operator name.overload).
+ELEMENTWISE_KERNELS = frozenset(_out_kernel(n) for n in ELEMENTWISE)
 
 
 def in_place_elementwise(graph_module: Any) -> int:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeadapt.export.in_place import ELEMENTWISE_KERNELS
+
 __all__ = ["share_arena_tensors", "share_constant_values"]
 
 
@@ -55,11 +57,13 @@ def share_arena_tensors(data: bytes) -> tuple[bytes, int]:
     """`data` (a .pte) with the arena tensors of each method that are identical -- dtype,
     shape, dim order, memory id and offset -- given one value, and so the constant tensors
     that are the same bytes of the file seen the same way (the lifted 0.9s and 1e-5s of
-    every BN); returns the new bytes and how many values were removed. Exact: such tensors are the same memory seen the same way, and
-    the planner placed them there because no two are alive at once. Not shared: the plan's
-    and chains' inputs and outputs, constants, and any tensor an instruction reads or writes
-    beside another of the group (checked: there would be an instruction reading its own output
-    then, which a correct plan never makes)."""
+    every BN); returns the new bytes and how many values were removed. Exact: such tensors
+    are the same memory seen the same way, and the planner placed arena tensors there
+    because no two are alive at once. Not shared: the plan's and chains' inputs and outputs,
+    and any arena tensor an instruction reads or writes beside another of its group (there
+    would be an instruction reading its own output then, which a correct plan never makes)
+    unless that instruction is an elementwise kernel writing over its input
+    (export/in_place.py)."""
     return _in_every_plan(data, _share_tensors_in_plan)
 
 
@@ -78,10 +82,7 @@ def _in_every_plan(data: bytes, share: Any) -> tuple[bytes, int]:
 def _share_tensors_in_plan(plan: Any) -> int:
     from executorch.exir import schema as s
 
-    ends = {*plan.inputs, *plan.outputs}
-    for chain in plan.chains:
-        ends.update(chain.inputs)
-        ends.update(chain.outputs)
+    ends = _ends(plan)
     canonical: dict[tuple, int] = {}
     target: dict[int, int] = {}
     constants: dict[int, int] = {}  # read-only: no instruction writes them, nothing clashes
@@ -103,21 +104,13 @@ def _share_tensors_in_plan(plan: Any) -> int:
     for chain in plan.chains:
         for instruction in chain.instructions:
             a = instruction.instr_args
-            if isinstance(a, s.KernelCall) and _operator(plan, a.op_index) in IN_PLACE_KERNELS:
+            if isinstance(a, s.KernelCall) and _operator(plan, a.op_index) in ELEMENTWISE_KERNELS:
                 continue
             tensors = {j for j in (getattr(a, "args", None) or ()) if j in target}
             if len({target[j] for j in tensors}) < len(tensors):
                 clashing.update(target[j] for j in tensors)
     target = {i: t for i, t in target.items() if t not in clashing} | constants
     return _merge(plan, target, s)
-
-
-# The out variants of export/in_place.py's ELEMENTWISE ops.
-IN_PLACE_KERNELS = frozenset(
-    f"aten::{name}"
-    for name in ("abs.out", "add.out", "clamp.out", "div.out", "mul.out", "neg.out",
-                 "round.out", "rsqrt.out", "sub.out", "where.self_out")
-)  # fmt: skip
 
 
 def _operator(plan: Any, index: int) -> str:
@@ -150,11 +143,18 @@ def _merge(plan: Any, target: dict[int, int], s: Any) -> int:
     return len(target) - sum(1 for i, t in target.items() if i == t)
 
 
-def _written(plan: Any, s: Any) -> set[int]:
-    written = {*plan.inputs, *plan.outputs}
+def _ends(plan: Any) -> set[int]:
+    """The plan's and its chains' inputs and outputs: values the caller reads or writes."""
+    ends = {*plan.inputs, *plan.outputs}
     for chain in plan.chains:
-        written.update(chain.inputs)
-        written.update(chain.outputs)
+        ends.update(chain.inputs)
+        ends.update(chain.outputs)
+    return ends
+
+
+def _written(plan: Any, s: Any) -> set[int]:
+    written = _ends(plan)
+    for chain in plan.chains:
         for instruction in chain.instructions:
             a = instruction.instr_args
             if isinstance(a, s.MoveCall):
