@@ -115,7 +115,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="adapt: rewrite and order the step's ops for a smaller arena and far fewer "
         "runtime tables: folded gradients, ops that free memory first, elementwise ops in "
-        "place, tensors shared between instructions (exact: the same step bit for bit; "
+        "place, tensors shared between instructions; with --device, contiguous RAM banks "
+        "planned as one and each tensor at its own offset (exact: the same step bit for bit; "
         "benchmarks/firmware/arena_peak.md)",
     )
     p.add_argument(

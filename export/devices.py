@@ -41,6 +41,7 @@ class MemoryBank:
     reserved_bytes: int = 0  # taken by firmware, OS, stack or heap before any program
     code_only: bool = False  # kept for code (ITCM, RTC memory): never planned for tensors
     external: bool = False  # off-chip (PSRAM, SDRAM): usable, but slower; planned last
+    address: int | None = None  # where it starts in the address map (None: not stated)
     notes: str = ""
     source: str = ""  # the document the figure comes from
 
@@ -177,6 +178,7 @@ def _bank(f: _Fields, table: dict[str, Any], where: str, external: bool) -> Memo
         reserved_bytes=f.get(f"{where}.reserved_bytes", int, table, default=0),
         code_only=f.get(f"{where}.code_only", bool, table, default=False),
         external=external,
+        address=f.get(f"{where}.address", int, table, default=None),
         notes=f.get(f"{where}.notes", str, table, default=""),
         source=f.get(f"{where}.source", str, table, default=""),
     )
@@ -184,6 +186,8 @@ def _bank(f: _Fields, table: dict[str, Any], where: str, external: bool) -> Memo
         raise DeviceProfileError(
             f"{f.path}: field '{where}.bytes' must be > 0 and '{where}.reserved_bytes' within it"
         )
+    if bank.address is not None and not 0 <= bank.address < 1 << 32:
+        raise DeviceProfileError(f"{f.path}: field '{where}.address' must be a 32-bit address")
     return bank
 
 

@@ -144,10 +144,12 @@ def write_pte(
     expected: tuple[Tensor, ...] | None = None,
     bundle_atol: float = 0.0,
     bundle_inputs: tuple[Tensor, ...] | None = None,
+    merge_contiguous: bool = False,
     **fields: Any,
 ) -> ExportReport:
     """Write a verified program atomically; report its size and the memory plan read back
-    from its own bytes (`profile`: the device whose banks it was planned into). With
+    from its own bytes (`profile`: the device whose banks it was planned into,
+    `merge_contiguous`: with its contiguous banks as one, `memory_plan`). With
     `expected` (the method's outputs from PyTorch for `example`, or for `bundle_inputs` where
     the program takes more than the batch), also write the bundled program `<stem>.bpte` for
     on-target verification within `bundle_atol`."""
@@ -157,7 +159,8 @@ def write_pte(
 
     arenas, constants = program_memory(data)
     runtime = estimate_runtime_bytes(data).bytes
-    banks = tuple(b.name for b in plan_banks(profile))[: len(arenas)] if profile else ()
+    planned = plan_banks(profile, merge_contiguous=merge_contiguous) if profile else ()
+    banks = tuple(b.name for b in planned)[: len(arenas)]
     path = Path(path)
     atomic_write_bytes(path, data)
     bundled = None

@@ -2,7 +2,8 @@
 stay in flash on MCUs (read in place) and in RAM on Linux boards (the file is loaded).
 
 ExecuTorch plans one arena per memory id. A program planned for the device's banks
-(`memory_plan`, `device=` at export) has one arena per bank, each checked against its bank.
+(`memory_plan`, `device=` at export) has one arena per bank, each checked against its bank
+(a plan that merged contiguous banks: against the merged region, where the rest goes too).
 Otherwise placement is first-fit decreasing over the banks in the order internal-largest-
 first, then external RAM: the biggest buffer takes the biggest internal bank it fits in.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from edgeadapt.export.devices import DeviceProfile, load_profile
 from edgeadapt.export.errors import DoesNotFitError
+from edgeadapt.export.memory_plan import plan_banks
 from edgeadapt.export.report import ExportReport
 
 __all__ = ["FitResult", "Placement", "Shortfall", "check_fit", "require_fit"]
@@ -134,10 +136,14 @@ def check_fit(
     shortfalls: list[Shortfall] = []
     if profile.kind == "mcu" and sizes["backend"] == "xnnpack":
         shortfalls.append(Shortfall("XNNPACK delegate", 0, "CPU", 0))
-    banks = sorted(
-        profile.data_banks, key=lambda b: (b.external, -b.usable_bytes)
-    )  # internal, largest first; external RAM last
-    free = {b.name: b.usable_bytes for b in banks}
+    # Internal, largest first; external RAM last. A plan that merged contiguous banks
+    # (memory_plan) names the merged regions: then those are the banks, for every item.
+    merged = {b.name for b in plan_banks(profile, merge_contiguous=True)}
+    merged -= {b.name for b in profile.data_banks}
+    uses_merged = any(name in merged for name in sizes["banks"])
+    regions = plan_banks(profile, merge_contiguous=uses_merged)
+    banks = sorted(regions, key=lambda b: (b.external, -b.capacity))
+    free = {b.name: b.capacity for b in banks}
     items: list[tuple[str, int]] = []
     for i, size in enumerate(arenas):
         if size <= 0:

@@ -97,8 +97,9 @@ def to_training_program(
     use (`early_forward_ops`, `late_backward_ops`); ops that free memory first
     (`memory_aware_order`); elementwise ops written over the input they are the last to
     read (`in_place_elementwise`); arena tensors of one shape at one offset one runtime value
-    (`share_arena_tensors`). A smaller arena and far fewer runtime tables
-    (benchmarks/firmware/arena_peak.md).
+    (`share_arena_tensors`); with `device`, banks contiguous in the address map planned as one
+    and each tensor at its own offset where that is smaller (`memory_plan`). A smaller arena
+    and far fewer runtime tables (benchmarks/firmware/arena_peak.md).
 
     `int8_activations` (opt-in, implies `schedule`): keep the float activations the
     gradients read as int8 with a step per channel (`int8_kept_activations`): a quarter of
@@ -156,7 +157,7 @@ def to_training_program(
         if schedule:  # after packing: the gradient maps are then made from small tensors
             late_backward_ops(exported)
             memory_aware_order(exported)
-        config = backend_config(profile)
+        config = backend_config(profile, tight=schedule)
         if mutable:  # without it a mutated buffer's initial value is not written to the file
             config.passes.append(InitializedMutableBufferPass(list(mutable)))
         with training_indices_without_buffer_mutations():
@@ -246,7 +247,7 @@ def to_training_program(
         quantized=quantize, expected=expected, bundle_atol=bound, bundle_inputs=inputs,
         notes=(f"{len(grads)} trainable tensors, {sum(g.numel() for g in grads.values())} values",
                *notes),
-        adaptation_check=check, arena_peak=peak.to_dict(),
+        adaptation_check=check, arena_peak=peak.to_dict(), merge_contiguous=schedule,
     )  # fmt: skip
 
 

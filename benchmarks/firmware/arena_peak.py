@@ -127,7 +127,9 @@ def _variant_rows(report: dict, variants: dict[str, dict]) -> list[str]:
         "(`early_forward_ops`, `late_backward_ops`); ops that free memory run first "
         "(export/memory_order.py); an elementwise op writes over the input it is the last to "
         "read (export/in_place.py); arena tensors of one shape at one offset are one runtime "
-        "value (`share_arena_tensors`);",
+        "value (`share_arena_tensors`); banks that follow each other in the address map "
+        "planned as one region, each tensor at its own offset (export/memory_plan.py, "
+        "export/tensor_offsets.py);",
         "- int8 kept activations (`int8_activations=True`, `--kept-activations int8`): the "
         "float maps the "
         "gradients read kept int8 with a step per channel; the forward is unchanged, the "
@@ -212,13 +214,14 @@ def markdown(report: dict, device: str, batch: int, variants: dict[str, dict]) -
                    "instructions: fused or larger kernels)" if need > F746_SRAM
                    else f"{F746_SRAM - need:,} B to spare")  # fmt: skip
         planned = sum(variants[best_name]["arena_bytes"])
+        where = " and ".join(variants[best_name].get("arena_banks") or ["one arena"])
         out += [f"That arena plus those tables and the firmware's own RAM "
                 f"({own:,} B: .data+.bss, reserved stack and temp pool): {need:,} B, "
                 f"{verdict}. That is counted at that step only, so it bounds what the lever "
                 f"could do, it is not a fit: the plan holds more than is alive at its peak "
-                f"({planned:,} B planned over the part's banks against "
-                f"{best['peak_live_bytes']:,} B alive: slots that tensors of other sizes share, "
-                "cut at bank edges), and with the peak lowered another step may set it.",
+                f"({planned:,} B planned in {where} against "
+                f"{best['peak_live_bytes']:,} B alive: offsets that suit every step at once "
+                "leave gaps at some), and with the peak lowered another step may set it.",
                 ""]  # fmt: skip
     if fit:
         out += [f"Fit check of the shipped step: {fit.get('message', '')}", ""]

@@ -39,6 +39,24 @@ def test_linker_script_has_the_parts_banks() -> None:
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(origins)), "banks overlap in QEMU"
 
 
+def test_a_plan_over_contiguous_banks_links_them_as_one_region() -> None:
+    """No toolchain needed: a program the exporter planned into "DTCM+SRAM1+SRAM2" (the
+    STM32F746's SRAM, one range in its address map) links against one 320 KB region there,
+    which also holds the stack and the method allocator's pool; banks that do not follow each
+    other are refused."""
+    part = mcu.load_profile("stm32f746")
+    merged = mcu.merged_banks(part, ["DTCM+SRAM1+SRAM2"])
+    assert [(b.name, b.origin, b.bytes) for b in merged.banks] == [
+        ("DTCM_SRAM1_SRAM2", 0x20000000, 320 * 1024)
+    ]
+    script = mcu.linker_script(merged, ["DTCM_SRAM1_SRAM2"])
+    assert "DTCM_SRAM1_SRAM2 (rw) : ORIGIN = 0x20000000, LENGTH = 327680" in script
+    assert "SRAM1 (rw)" not in script and "} > DTCM_SRAM1_SRAM2" in script
+    assert mcu.merged_banks(part, ["SRAM1", "DTCM"]) == part  # nothing merged: as it was
+    with pytest.raises(mcu.BuildError, match="do not follow each other"):
+        mcu.merged_banks(mcu.load_profile("stm32h743"), ["AXI SRAM+SRAM4"])
+
+
 def test_blob_changes_when_the_program_changes_in_place(tmp_path, monkeypatch) -> None:
     """No toolchain needed: ninja does not see through `.incbin`, so the blob's source must
     change when a .pte is re-exported to the same path, or the firmware keeps the old copy

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -198,8 +199,11 @@ def load_profile(name: str) -> Profile:
     for ram in spec["ram"]:
         if ram.get("code_only"):
             continue  # ITCM: kept for code, which this build leaves in flash
-        m = re.search(r"0x[0-9A-Fa-f]{8}", ram.get("notes", ""))
-        raw.append((ram["name"], int(ram["bytes"]), int(m.group(0), 16) if m else None))
+        address = ram.get("address")
+        if address is None:  # a profile that states it only in its notes
+            m = re.search(r"0x[0-9A-Fa-f]{8}", ram.get("notes", ""))
+            address = int(m.group(0), 16) if m else None
+        raw.append((ram["name"], int(ram["bytes"]), address))
     lo, hi = QEMU_RAM[0], QEMU_RAM[0] + QEMU_RAM[1]
     inside = [(n, b, a) for n, b, a in raw if a is not None and lo <= a and a + b <= hi]
     free = max([a + b for _, b, a in inside] + [lo])
@@ -354,18 +358,41 @@ ea_name: .asciz "{prog.name}"
 """
 
 
-def _arena_banks(prog: Program, profile: Profile, n: int) -> list[str]:
-    """Each arena's bank: the exporter's plan when it planned for this profile, else the main
-    bank (a plan for another part would not match this one's banks)."""
+def _planned_banks(prog: Program, profile: Profile) -> list[str]:
+    """The exporter's `arena_banks` when it planned for this profile, else none (a plan for
+    another part would not match this one's banks)."""
     if prog.report and profile.name != "an500":
         report = json.loads(prog.report.read_text())
-        if report.get("planned_for") == profile.name and report.get("arena_banks"):
-            # A bank this build does not have (the Discovery board's external SDRAM, which
-            # the part alone lacks) falls back to the main bank, where it overflows.
-            have = {b.name for b in profile.banks}
-            return [_region(b) if _region(b) in have else profile.main.name
-                    for b in report["arena_banks"]][:n]  # fmt: skip
-    return [profile.main.name] * n
+        if report.get("planned_for") == profile.name:
+            return list(report.get("arena_banks") or ())
+    return []
+
+
+def merged_banks(profile: Profile, planned: list[str]) -> Profile:
+    """`profile` with each merged bank of the exporter's plan ("DTCM+SRAM1+SRAM2": banks that
+    follow each other in the address map, export/memory_plan.py) as one region."""
+    banks = list(profile.banks)
+    for name in dict.fromkeys(b for b in planned if "+" in b):
+        members = {_region(m) for m in name.split("+")}
+        run = sorted((b for b in banks if b.name in members), key=lambda b: b.origin)
+        if len(run) != len(members):
+            raise BuildError(f"the plan's bank {name!r} is not made of {profile.name}'s banks")
+        for a, b in itertools.pairwise(run):
+            if a.origin + a.bytes != b.origin:
+                raise BuildError(f"{a.name} and {b.name} do not follow each other: {name!r}")
+        merged = Bank(_region(name), sum(b.bytes for b in run), run[0].origin, run[0].real)
+        banks = [merged if b is run[0] else b for b in banks if b not in run[1:]]
+    return Profile(profile.name, profile.flash, tuple(banks))
+
+
+def _arena_banks(planned: list[str], profile: Profile, n: int) -> list[str]:
+    """Each arena's bank: the exporter's plan, else the main bank. A bank this build does
+    not have (the Discovery board's external SDRAM, which the part alone lacks) falls back
+    to the main bank, where it overflows."""
+    have = {b.name for b in profile.banks}
+    if not planned:
+        return [profile.main.name] * n
+    return [_region(b) if _region(b) in have else profile.main.name for b in planned][:n]
 
 
 # -- 4: configure and build -----------------------------------------------------------------
@@ -423,14 +450,14 @@ def build(
         sizes = planned_sizes(prog.pte)
         builds = []
         for name in prog.profiles:
-            profile = load_profile(name)
-            banks = _arena_banks(prog, profile, len(sizes))
-            ld = gen / f"{name}__{prog.name}.ld"
+            part = load_profile(name)
+            planned = _planned_banks(prog, part)
+            profile = merged_banks(part, planned)
+            banks = _arena_banks(planned, profile, len(sizes))
             # The script's stem names the firmware; one script per (profile, program) because
-            # the arenas' banks depend on the program's plan.
-            ld = (
-                gen / f"{name}.ld" if len(set(banks)) == 1 and banks[0] == profile.main.name else ld
-            )
+            # the arenas' banks depend on the program's plan, unless all sit in the main bank.
+            alone = profile == part and set(banks) <= {profile.main.name}
+            ld = gen / (f"{name}.ld" if alone else f"{name}__{prog.name}.ld")
             _write_if_changed(ld, linker_script(profile, banks))
             blob = gen / f"{prog.name}__{name}.S"
             _write_if_changed(blob, _blob(prog, profile, banks, sizes))
