@@ -30,10 +30,10 @@ class ExportRequest:
     statistics: str = "adapter"  # see edgeadapt.export.graph.inference_module
     # ExecuTorch: a device profile; the arena is planned into its RAM banks.
     device: str | None = None
-    # adapt: the exact scheduling passes (smaller arena, the same step), and how the
-    # activations the gradients read are kept ("int8" implies the scheduling; approximate
-    # gradients). See edgeadapt.export.training.to_training_program.
-    schedule: bool = False
+    # adapt: the exact scheduling passes (smaller arena, the same step; None: on, the
+    # default), and how the activations the gradients read are kept ("int8" needs the
+    # scheduling; approximate gradients). See edgeadapt.export.training.to_training_program.
+    schedule: bool | None = None
     kept_activations: str = "fp32"
 
     def check(self, method: str) -> None:
@@ -70,10 +70,16 @@ class ExportRequest:
             raise UnsupportedExportError(
                 f"kept activations must be 'fp32' or 'int8', got {self.kept_activations!r}"
             )
-        if self.program != "adapt" and (self.schedule or self.kept_activations != "fp32"):
+        if self.program != "adapt" and (
+            self.schedule is not None or self.kept_activations != "fp32"
+        ):
             raise UnsupportedExportError(
-                "--schedule and --kept-activations shape a training program's arena: they "
-                "apply to --program adapt only"
+                "--schedule/--no-schedule and --kept-activations shape a training program's "
+                "arena: they apply to --program adapt only"
+            )
+        if self.schedule is False and self.kept_activations == "int8":
+            raise UnsupportedExportError(
+                "--kept-activations int8 works on the scheduled step: drop --no-schedule"
             )
         if self.device:
             self._check_device()
@@ -130,7 +136,7 @@ def export_program(
 
         return to_training_program(
             model, example, path, device=profile, quantize=request.quantize,
-            check_images=check_images, check_steps=check_steps, schedule=request.schedule,
+            check_images=check_images, check_steps=check_steps, schedule=request.schedule is not False,
             int8_activations=request.kept_activations == "int8",
         )  # fmt: skip
     if request.quantize == "int8":

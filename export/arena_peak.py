@@ -42,18 +42,26 @@ class ArenaPeak:
     steps: int
     by_role: dict[str, int]
     largest: tuple[tuple[str, str, tuple[int, ...], str, int], ...] = field(default=())
+    # The same before the backward starts: what the forward alone needs at its own peak.
+    forward_peak_bytes: int = 0
+    forward_peak_step: int = 0
+    forward_largest: tuple[tuple[str, str, tuple[int, ...], str, int], ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
+        def rows(tensors):
+            return [{"node": n, "role": r, "shape": list(s), "dtype": d, "bytes": b}
+                    for n, r, s, d, b in tensors]  # fmt: skip
+
         return {
             "planned_bytes": self.planned_bytes,
             "peak_live_bytes": self.peak_live_bytes,
             "peak_step": self.peak_step,
             "steps": self.steps,
             "by_role": dict(self.by_role),
-            "largest": [
-                {"node": n, "role": r, "shape": list(s), "dtype": d, "bytes": b}
-                for n, r, s, d, b in self.largest
-            ],
+            "largest": rows(self.largest),
+            "forward_peak_bytes": self.forward_peak_bytes,
+            "forward_peak_step": self.forward_peak_step,
+            "forward_largest": rows(self.forward_largest),
         }
 
 
@@ -80,18 +88,26 @@ def arena_peak(program: Any, *, largest: int = 12) -> ArenaPeak:
         for t in range(spec.lifetime[0], spec.lifetime[1] + 1):
             live[t] += spec.allocated_memory
     peak = max(range(steps), key=live.__getitem__)
+    forward_peak = max(range(min(first_backward, steps) or 1), key=live.__getitem__)
+
+    def alive_at(step: int) -> list[tuple[str, str, tuple[int, ...], str, int]]:
+        alive = []
+        for key, (spec, node) in specs.items():
+            if spec.lifetime[0] <= step <= spec.lifetime[1]:
+                role = _role(spec, node, key in returned, node in forward, first_backward, buffers)
+                alive.append((node.name, role, tuple(int(d) for d in spec.shape),
+                              str(spec.dtype).replace("torch.", ""), spec.allocated_memory))  # fmt: skip
+        return sorted(alive, key=lambda a: -a[4])
+
+    alive = alive_at(peak)
     by_role = {r: 0 for r in ROLES}
-    alive = []
-    for key, (spec, node) in specs.items():
-        if not spec.lifetime[0] <= peak <= spec.lifetime[1]:
-            continue
-        role = _role(spec, node, key in returned, node in forward, first_backward, buffers)
-        by_role[role] += spec.allocated_memory
-        alive.append((node.name, role, tuple(int(d) for d in spec.shape),
-                      str(spec.dtype).replace("torch.", ""), spec.allocated_memory))  # fmt: skip
-    alive.sort(key=lambda a: -a[4])
+    for _, role, _, _, size in alive:
+        by_role[role] += size
     planned = max((s.mem_offset or 0) + s.allocated_memory for s, _ in specs.values())
-    return ArenaPeak(planned, live[peak], peak, steps, by_role, tuple(alive[:largest]))
+    return ArenaPeak(
+        planned, live[peak], peak, steps, by_role, tuple(alive[:largest]),
+        live[forward_peak], forward_peak, tuple(alive_at(forward_peak)[:largest]),
+    )  # fmt: skip
 
 
 def _specs_of(node: Any) -> Iterable[Any]:

@@ -112,19 +112,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--schedule",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="adapt: rewrite and order the step's ops for a smaller arena and far fewer "
         "runtime tables: folded gradients, ops that free memory first, elementwise ops in "
         "place, tensors shared between instructions; with --device, contiguous RAM banks "
-        "planned as one and each tensor at its own offset (exact: the same step bit for bit; "
-        "benchmarks/firmware/arena_peak.md)",
+        "planned as one and each tensor at its own offset. Exact: the same step bit for bit. "
+        "On by default; --no-schedule exports autograd's graph as it is "
+        "(benchmarks/firmware/arena_peak.md)",
     )
     p.add_argument(
         "--kept-activations",
         choices=("fp32", "int8"),
         default="fp32",
         help="adapt: how the activations the gradients read are kept; int8 stores them in a "
-        "quarter of the bytes (implies --schedule; the forward is unchanged, the gradients "
+        "quarter of the bytes (needs the scheduling; the forward is unchanged, the gradients "
         "approximate: benchmarks/firmware/int8_activations.md)",
     )
     p.add_argument(

@@ -189,6 +189,17 @@ def check_fit(
             basis.append(figure.note)
         else:  # a Linux board: the runtime's tables are a rounding error beside its RAM
             items.append(("runtime tables (est.)", sizes["runtime"]))
+    # The firmware keeps its statics, stack and the method allocator's pool in one bank, the
+    # one its arenas leave the most room in (firmware_bridge/device/mcu/build.py home_bank):
+    # the tables and that RAM go there together when they fit side by side (a banked plan:
+    # its arenas are placed already).
+    home = max(banks, key=lambda b: free[b.name])
+    together = [t for t in items if t[0] == FIRMWARE_RAM_ITEM or t[0].startswith("runtime")]
+    if banked and len(together) == 2 and sum(n for _, n in together) <= free[home.name]:
+        for item, size in together:
+            free[home.name] -= size
+            placements.append(Placement(item, size, home.name))
+        items = [t for t in items if t not in together]
     for item, size in sorted(items, key=lambda t: -t[1]):
         bank = next((b for b in banks if free[b.name] >= size), None)
         if bank is None:

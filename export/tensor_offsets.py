@@ -5,7 +5,7 @@ largest tenant, for the whole program. A training step's maps come in many sizes
 gradient, then 32 KB ones, then a 36 KB dequantized weight), so slots sized for one tenant
 sit half empty under the next. Here each tensor, largest first, takes the lowest offset in
 the first bank where no tensor alive at the same time overlaps it (first fit by decreasing
-size, as TensorFlow Lite Micro's greedy planner does). Tensors that write over another one
+size, as TensorFlow Lite Micro's greedy planner does; two tie-breaks tried, `ORDERS`). Tensors that write over another one
 (`storage_base`, the in-place elementwise ops of export/in_place.py) take their base's place.
 """
 
@@ -14,6 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["offset_plan"]
+
+
+# Orders to place tensors in, largest first; the plan with the least overflow, then the
+# least total, is kept. Among equal sizes the earlier-born first packs ResNet-20's int8
+# EcoTTA step tightest (357,200 B against 327,120 alive), the longer-lived first its fp32
+# step (589,888 B against 589,024; 598,752 B the other way).
+ORDERS = (
+    lambda s: (-s.allocated_memory, s.lifetime[0], s.lifetime[1]),
+    lambda s: (-s.allocated_memory, s.lifetime[0] - s.lifetime[1], s.lifetime[0]),
+)
 
 
 def offset_plan(
@@ -25,8 +35,22 @@ def offset_plan(
     for spec in specs:
         spec.realign(alignment)
     own = [s for s in specs if s.storage_base is None]
-    # Largest first; among equals the earlier-born first, so the plan is deterministic.
-    own.sort(key=lambda s: (-s.allocated_memory, s.lifetime[0], s.lifetime[1]))
+
+    def cost(plan: tuple[list[int], dict]) -> tuple[int, int]:
+        used = plan[0]
+        return sum(max(u - c, 0) for u, c in zip(used, capacities)), sum(used)
+
+    used, where = min((_placed(sorted(own, key=order), capacities) for order in ORDERS), key=cost)
+    placement = {}
+    for spec in specs:
+        bank, offset = where[spec] if spec.storage_base is None else _based(spec, where)
+        placement[spec] = (bank, None, offset)
+    used = [(u + alignment - 1) // alignment * alignment for u in used]
+    return used, placement
+
+
+def _placed(own: list[Any], capacities: list[int]) -> tuple[list[int], dict[Any, tuple[int, int]]]:
+    """Each tensor in `own`'s order at the lowest free offset of the first bank it fits."""
     held: list[list[tuple[int, int, int, int]]] = [[] for _ in capacities]  # start, end, lo, hi
     used = [0] * len(capacities)
     where: dict[Any, tuple[int, int]] = {}
@@ -49,12 +73,7 @@ def offset_plan(
         held[bank].append((start, end, offset, offset + size))
         used[bank] = max(used[bank], offset + size)
         where[spec] = (bank, offset)
-    placement = {}
-    for spec in specs:
-        bank, offset = where[spec] if spec.storage_base is None else _based(spec, where)
-        placement[spec] = (bank, None, offset)
-    used = [(u + alignment - 1) // alignment * alignment for u in used]
-    return used, placement
+    return used, where
 
 
 def _lowest_gap(held: list[tuple[int, int, int, int]], start: int, end: int, size: int) -> int:

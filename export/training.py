@@ -68,7 +68,7 @@ def to_training_program(
     check_images: Tensor | None = None,
     check_steps: int = 20,
     pack_masks: bool = True,
-    schedule: bool = False,
+    schedule: bool = True,
     int8_activations: bool = False,
 ) -> ExportReport:
     """Export one adaptation step of `adapter` for batches shaped like `example`.
@@ -89,7 +89,8 @@ def to_training_program(
     `pack_masks`: keep the ReLU masks the backward reads as bits (`bit_packed_masks`: exact,
     an eighth of their bytes in the arena, a few more instructions); off only to compare.
 
-    `schedule` (opt-in; exact, the same step bit for bit with the portable kernels): aliases
+    `schedule` (on by default; exact, the same step bit for bit with the portable kernels;
+    False exports autograd's joint graph as it is, to compare): aliases
     read directly instead of copied; autograd's |x|, its gradient and a strided slice's
     gradient made with fewer full maps (training_folds); a trainable convolution's weight
     gradient made before its input gradient (`split_conv_backward`); each forward op right
@@ -101,7 +102,7 @@ def to_training_program(
     and each tensor at its own offset where that is smaller (`memory_plan`). A smaller arena
     and far fewer runtime tables (benchmarks/firmware/arena_peak.md).
 
-    `int8_activations` (opt-in, implies `schedule`): keep the float activations the
+    `int8_activations` (opt-in, with `schedule`): keep the float activations the
     gradients read as int8 with a step per channel (`int8_kept_activations`): a quarter of
     their bytes; the forward is unchanged and the gradients become approximations. Loss and
     logits are verified against eager as usual; the gradients only to within
@@ -132,6 +133,10 @@ def to_training_program(
         training_indices_without_buffer_mutations,
     )
 
+    if int8_activations and not schedule:
+        raise UnsupportedExportError(
+            "int8 kept activations work on the scheduled step: leave schedule=True"
+        )
     profile = load_profile(device) if isinstance(device, str) else device
     if getattr(getattr(adapter, "config", None), "frozen_weights", "fp32") == "int8":
         quantize = "int8"  # the eager adapter already runs int8 frozen weights: so does this
@@ -142,7 +147,6 @@ def to_training_program(
     try:
         exported = _export_forward_backward(capture(step, inputs))
         input_free_conv_backward(exported)
-        schedule = schedule or int8_activations
         if schedule:
             drop_aliases(exported)
             split_conv_backward(exported)

@@ -55,6 +55,9 @@ def _refused(capsys, argv: list[str]) -> str:
         # They shape a training program's arena: refused for a prediction program.
         (["--random-weights", "--kept-activations", "int8"], "--kept-activations"),
         (["--random-weights", "--schedule"], "--schedule"),
+        (["--random-weights", "--no-schedule"], "--schedule"),
+        (["--random-weights", "--program", "adapt", "--method", "tent", "--no-schedule",
+          "--kept-activations", "int8"], "--no-schedule"),
         ([], "--checkpoint"),  # random weights only when asked for
         (["--checkpoint", "nope.pt"], "--checkpoint"),
         (["--checkpoint", "nope.pt", "--random-weights"], "--random-weights"),

@@ -114,6 +114,10 @@ def test_report_says_what_the_arena_holds_at_its_peak(program):
     assert peak["by_role"]["kept masks"] > 0 and peak["by_role"]["kept activations"] > 0
     largest = peak["largest"]
     assert [t["bytes"] for t in largest] == sorted((t["bytes"] for t in largest), reverse=True)
+    # The forward's own peak: before any backward tensor exists, no higher than the peak.
+    assert 0 < peak["forward_peak_bytes"] <= peak["peak_live_bytes"]
+    roles = {t["role"] for t in peak["forward_largest"]}
+    assert roles and not roles & {"backward temporaries", "outputs"}
 
 
 def test_bit_packed_masks_are_exact_and_shrink_the_arena(program, tmp_path):
@@ -164,10 +168,10 @@ def _steps_equal(a, b, frames) -> bool:
 
 def test_scheduling_is_exact_and_shrinks_the_arena(program, tmp_path):
     """Aliases read directly, forward ops (the L1 terms) where their inputs are made and the
-    L1 gradients where they are used (`schedule`, opt-in): the same step bit for bit, a
-    smaller arena, fewer runtime tables."""
-    _, plain = program
-    scheduled = to_training_program(_ecotta(), _stream()[0], tmp_path / "s.pte", schedule=True)
+    L1 gradients where they are used (`schedule`, the default): the same step bit for bit as
+    autograd's graph as it is, a smaller arena, fewer runtime tables."""
+    _, scheduled = program
+    plain = to_training_program(_ecotta(), _stream()[0], tmp_path / "p.pte", schedule=False)
     assert _steps_equal(scheduled, plain, _stream()[:3])
     assert scheduled.total_arena_bytes < plain.total_arena_bytes
     assert scheduled.runtime_bytes_estimate < plain.runtime_bytes_estimate

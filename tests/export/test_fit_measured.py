@@ -42,8 +42,8 @@ def profiles(tmp_path, monkeypatch):
 def test_shipped_cortex_m7_measurement_loads_and_is_close_to_the_estimate():
     m = measurement_for("Arm Cortex-M7")
     assert m is not None and "results.md" in m.source and len(m.programs) >= 2
-    # The estimate counts the right items: measured within 10% of it on every program.
-    assert all(1.0 <= r < 1.1 for r in m.runtime_ratios)
+    # The estimate counts the right items: measured within 1% above it on every program.
+    assert all(1.0 <= r < 1.01 for r in m.runtime_ratios)
     assert m.code_bytes > 100_000 and 0 < m.stack_bytes < 16_384
 
 
@@ -58,6 +58,18 @@ def test_mcu_with_a_build_uses_calibrated_tables_and_measured_firmware(profiles)
     assert placed[FIRMWARE_RAM_ITEM].bytes == 500 + 1_500 + 8_192 + 4_096
     assert any("a test build" in line for line in fit.basis)
     assert fit.to_dict()["basis"] == list(fit.basis)
+
+
+def test_tables_and_firmware_ram_share_the_bank_the_arenas_leave_most_of(profiles):
+    """As the firmware places them (build.py home_bank): a plan that fills the AXI SRAM to
+    its end puts the pool, stack and statics beside the arena with the most room left."""
+    banked = {**SIZES, "arena_bytes": [524_288, 65_600], "planned_for": "stm32h743",
+              "arena_banks": ["AXI SRAM", "SRAM1+SRAM2+SRAM3"]}  # fmt: skip
+    fit = check_fit(banked, "stm32h743")
+    assert fit.fits, fit.message
+    placed = {p.item: p.where for p in fit.placements}
+    assert placed["runtime tables (calibrated)"] == placed[FIRMWARE_RAM_ITEM]
+    assert placed[FIRMWARE_RAM_ITEM] == "SRAM1+SRAM2+SRAM3"
 
 
 def test_core_without_a_build_keeps_the_labelled_estimate_with_its_error(profiles):

@@ -57,7 +57,11 @@ DEPS = {  # name -> (tarball, sha256, where it goes under src/)
 }  # fmt: skip
 QEMU_FLASH = (0x00000000, 4 << 20)  # mps2-an500: ZBT SSRAM1, where the firmware "flash" goes
 QEMU_RAM = (0x20000000, 4 << 20)  # ZBT SSRAM2&3: every profile's banks are placed in it
-STACK_BYTES = 16 * 1024
+# The stack the linker script reserves. Every program run here (benchmarks/firmware/results.md)
+# paints a high-water mark of at most 1,864 B; 8 KiB leaves four times that. The runner
+# reports the mark, so a program that came near it would show (qemu_server.py's bridge
+# firmware, with the protocol's buffers on its stack, keeps its own 32 KiB).
+STACK_BYTES = 8 * 1024
 JOBS = int(os.environ.get("EA_MCU_JOBS", "2"))
 
 
@@ -220,10 +224,20 @@ def load_profile(name: str) -> Profile:
     return Profile(name, int(spec["flash"]["bytes"]), tuple(banks))
 
 
-def linker_script(profile: Profile, arena_banks: list[str]) -> str:
+def home_bank(profile: Profile, arena_banks: list[str], sizes: list[int]) -> str:
+    """The bank for .data, .bss, the stack and the method allocator's pool: the one with the
+    most room left by the program's arenas (a plan may fill the largest bank to its end)."""
+    used = dict.fromkeys((b.name for b in profile.banks), 0)
+    for bank, size in zip(arena_banks, sizes):
+        used[bank] += size
+    return max(profile.banks, key=lambda b: b.bytes - used[b.name]).name
+
+
+def linker_script(profile: Profile, arena_banks: list[str], main: str | None = None) -> str:
     """The part's memory map: flash and each RAM bank with its own size, so a program whose
-    arena, tables or stack outgrow a bank fails the link (`region ... overflowed`)."""
-    main = profile.main.name
+    arena, tables or stack outgrow a bank fails the link (`region ... overflowed`). `main`
+    holds .data, .bss, the stack and the pool (default: the largest bank)."""
+    main = main or profile.main.name
     lines = [f"/* {profile.name}: written by firmware_bridge/device/mcu/build.py from "
              f"devices/{profile.name}.toml */", "MEMORY", "{",
              f"  FLASH (rx) : ORIGIN = 0x{QEMU_FLASH[0]:08X}, LENGTH = {profile.flash}"]  # fmt: skip
@@ -249,7 +263,7 @@ def linker_script(profile: Profile, arena_banks: list[str]) -> str:
               f"  .pool (NOLOAD) : ALIGN(16) {{ __pool_start = .; }} > {main}",
               f"  __pool_end = ORIGIN({main}) + LENGTH({main});",
               "  ASSERT(__pool_end >= __pool_start + 8192, \"no room left for the method "
-              "allocator's pool in the main bank\")",
+              f"allocator's pool in {main}\")",
               "  /DISCARD/ : { *(.ARM.attributes) *(.comment) }", "}", ""]  # fmt: skip
     return "\n".join(lines)
 
@@ -454,11 +468,12 @@ def build(
             planned = _planned_banks(prog, part)
             profile = merged_banks(part, planned)
             banks = _arena_banks(planned, profile, len(sizes))
+            home = home_bank(profile, banks, sizes)
             # The script's stem names the firmware; one script per (profile, program) because
             # the arenas' banks depend on the program's plan, unless all sit in the main bank.
-            alone = profile == part and set(banks) <= {profile.main.name}
+            alone = profile == part and set(banks) <= {home} and home == profile.main.name
             ld = gen / (f"{name}.ld" if alone else f"{name}__{prog.name}.ld")
-            _write_if_changed(ld, linker_script(profile, banks))
+            _write_if_changed(ld, linker_script(profile, banks, home))
             blob = gen / f"{prog.name}__{name}.S"
             _write_if_changed(blob, _blob(prog, profile, banks, sizes))
             builds.append((name, ld, blob))
