@@ -6,8 +6,8 @@ frees: the item behind the STM32F746 shortfall in results.md, measured on the pr
 Exports the shipped adapt program (ResNet-20 from ../shared, `EcoTTAConfig.device()`: int8
 frozen weights, batch 1) with `edgeadapt export --json`, whose report carries `arena_peak`
 (export/arena_peak.py: the bytes alive where the most are, by role), and the same step with
-each exact lever the exporter implements undone (ReLU masks as bool bytes; no scheduling)
-and with the opt-in int8 kept activations on (`to_training_program` options, `VARIANTS`),
+each exact lever the exporter implements undone (no scheduling; and ReLU masks as bool
+bytes) and with the opt-in int8 kept activations on (`to_training_program` options, `VARIANTS`),
 so those levers are measured, not computed, each with the exporter's fit check. Writes
 arena_peak.{json,md} beside this file. The warm-up is skipped: it changes weights, not
 sizes. The lever not implemented is computed from the measured roles of the smallest step.
@@ -47,9 +47,9 @@ def export_report(device: str, batch: int, out: Path) -> dict:
 # The shipped step against the same step with one implemented lever undone (the baselines
 # of the exact levers), and with the opt-in one on: label -> to_training_program options.
 VARIANTS = {
-    "ReLU masks as bool bytes": {"pack_masks": False},
-    "scheduled (opt-in)": {"schedule": True},
-    "scheduled, int8 kept activations (opt-in)": {"int8_activations": True},
+    "not scheduled (--no-schedule)": {"schedule": False},
+    "not scheduled, ReLU masks as bool bytes": {"schedule": False, "pack_masks": False},
+    "int8 kept activations (opt-in)": {"int8_activations": True},
 }
 
 
@@ -114,12 +114,13 @@ def _variant_rows(report: dict, variants: dict[str, dict]) -> list[str]:
              {k: r["fit"]["missing_bytes"] for k, r in columns.items()})]  # fmt: skip
     return [
         "**Levers, measured** on this program (export/training_passes.py): the shipped step "
-        "(bit-packed ReLU masks) against the same step with its masks as bool bytes, "
-        "scheduled (opt-in, exact), and scheduled with int8 kept activations (opt-in):",
+        "(scheduled, bit-packed ReLU masks) against the same step not scheduled, not "
+        "scheduled with its masks as bool bytes, and with int8 kept activations (opt-in):",
         "",
         "- bit-packed masks (`bit_packed_masks`): each ReLU mask the backward reads packed 8 "
         "to a byte after the forward makes it, unpacked right before its use;",
-        "- scheduling (`schedule=True`, `--schedule`): aliases read directly instead of "
+        "- scheduling (the default; `schedule=False`, `--no-schedule` undo it): aliases read "
+        "directly instead of "
         "copied (`drop_aliases`); autograd's |x|, its gradient and a strided slice's gradient "
         "made with fewer full maps (export/training_folds.py); a trainable convolution's "
         "weight gradient before its input gradient (`split_conv_backward`); the loss's L1 "
@@ -172,7 +173,7 @@ def markdown(report: dict, device: str, batch: int, variants: dict[str, dict]) -
         "",
         *_variant_rows(report, variants),
     ]
-    best_name = "scheduled, int8 kept activations (opt-in)"
+    best_name = "int8 kept activations (opt-in)"
     best = variants[best_name]["arena_peak"]
     out += [
         f"**What the lever not implemented would free** at the peak of the {best_name} step "
@@ -183,6 +184,21 @@ def markdown(report: dict, device: str, batch: int, variants: dict[str, dict]) -
         *(f"| {name} | {b:,} |" for name, b in levers(best)),
         "",
     ]
+    forward = [t for t in best.get("forward_largest", []) if t["bytes"] >= 4096]
+    if forward:
+        maps = sum(t["bytes"] for t in forward if t["dtype"] == "float32")
+        out += [
+            f"**The forward alone** (before any backward tensor exists) peaks at step "
+            f"{best['forward_peak_step']:,} of the {best_name} step with "
+            f"{best['forward_peak_bytes']:,} B alive, {maps:,} B of them float32 maps of "
+            "4 KB or more: however the backward is ordered, the step needs at least that much "
+            "arena. Its tensors of 4 KB or more there:",
+            "",
+            "| node | role | shape | dtype | bytes |",
+            "|---|---|---|---|---:|",
+            *(_tensor_row(t) for t in forward),
+            "",
+        ]
     freed = sum(b for _, b in levers(best))
     left = best["peak_live_bytes"] - freed
     # The int8 step's own tables, measured by levers.sh; else the shipped step's (run.py).
@@ -223,6 +239,17 @@ def markdown(report: dict, device: str, batch: int, variants: dict[str, dict]) -
                 f"{best['peak_live_bytes']:,} B alive: offsets that suit every step at once "
                 "leave gaps at some), and with the peak lowered another step may set it.",
                 ""]  # fmt: skip
+        floor = best.get("forward_peak_bytes", 0)
+        if floor:
+            floor_need = floor + tables + own
+            short = floor_need - F746_SRAM
+            out += [f"Another step does: the forward's own peak ({floor:,} B, above). With "
+                    f"the tables and the firmware's RAM that is {floor_need:,} B, "
+                    + (f"{short:,} B more than the part has, whatever the backward does: the "
+                       "forward's float32 maps must shrink too (int8 activations in the "
+                       "frozen forward, or the first stage run in tiles)."
+                       if short > 0 else f"{-short:,} B to spare.")
+                    , ""]  # fmt: skip
     if fit:
         out += [f"Fit check of the shipped step: {fit.get('message', '')}", ""]
     return "\n".join(out)
@@ -240,11 +267,11 @@ def main(argv: list[str] | None = None) -> int:
                     for label, options in VARIANTS.items()}  # fmt: skip
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    keep = {k: report.get(k) for k in ("arena_bytes", "arena_peak", "fit", "settings",
+    keep = {k: report.get(k) for k in ("arena_bytes", "arena_banks", "arena_peak", "fit", "settings",
                                        "input_shape", "file_bytes", "sha256")}  # fmt: skip
     keep["command"] = f"python benchmarks/firmware/arena_peak.py --device {args.device} " \
                       f"--batch {args.batch}"  # fmt: skip
-    keep["variants"] = {label: {k: v.get(k) for k in ("arena_bytes", "arena_peak",
+    keep["variants"] = {label: {k: v.get(k) for k in ("arena_bytes", "arena_banks", "arena_peak",
                                                       "runtime_bytes_estimate", "fit", "notes")}
                         for label, v in variants.items()}  # fmt: skip
     stem.with_suffix(".json").write_text(json.dumps(keep, indent=2) + "\n")

@@ -7,7 +7,7 @@ scheduled step (fp32): the arena, the gradients, and what the device's online ad
 Both programs are the ResNet-20 EcoTTA adapt program of `EcoTTAConfig.device()` (int8
 frozen weights, batch 1) planned for the STM32F746, exported by `to_training_program`; the
 second with `int8_activations=True` (export/training_passes.py `int8_kept_activations`), both
-with `schedule=True` (which int8 implies; exact). The forward is the same in both; only the
+with `schedule=True` (the default, exact; int8 needs it). The forward is the same in both; only the
 gradients that read a kept activation differ.
 
 - Arena: the exporter's own report of each program (planned bytes, what is alive at the

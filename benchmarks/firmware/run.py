@@ -6,21 +6,20 @@ Writes results.json and results.md here.
     python benchmarks/firmware/run.py --programs DIR
 
 Each program is a folder DIR/<name>/ holding the exporter's .pte and its --json report, made by
-(the commands this benchmark's committed results used):
+`sh benchmarks/firmware/programs.sh [DIR]` (the committed results' programs), which runs:
 
     C="--model resnet20 --checkpoint ../shared/models/resnet20_cifar10jpeg.pt --batch 1"
-    edgeadapt export $C --method ecotta --program adapt --device stm32h743 \\
+    edgeadapt export $C --method ecotta --no-warmup --program adapt --device stm32h743 \\
         --out DIR/ecotta_adapt --json DIR/ecotta_adapt/ecotta_adapt.json
+    edgeadapt export $C --method ecotta --no-warmup --program infer --backend portable --quantize int8 \\
+        --settings '{"frozen_bn":"batch","frozen_weights":"int8"}' --device stm32h743 ...
+    edgeadapt export $C --method tent --program adapt --device stm32h743 ...
+    edgeadapt export $C --method ecotta --no-warmup --program adapt \\
+        --settings '{"frozen_weights":"fp32"}' ...
     edgeadapt export $C --method ecotta --no-warmup --program infer --backend portable \\
-        --quantize int8 --settings '{"frozen_bn":"batch","frozen_weights":"int8"}' \\
-        --device stm32h743 --out DIR/ecotta_infer --json DIR/ecotta_infer/ecotta_infer.json
-    edgeadapt export $C --method tent --program adapt --device stm32h743 --out DIR/tent_adapt ...
-    edgeadapt export $C --method ecotta --program adapt --settings '{"frozen_weights":"fp32"}' \
-        --device stm32h743 --out DIR/ecotta_adapt_fp32 ...
-    edgeadapt export $C --method ecotta --no-warmup --program infer --backend portable \
-        --settings '{"frozen_bn":"batch","frozen_weights":"fp32"}' --device stm32h743 \
-        --out DIR/ecotta_infer_fp32 ...
-    (and the same with --device stm32f746 into DIR/<name>_f746: the arenas planned for its banks)
+        --settings '{"frozen_bn":"batch","frozen_weights":"fp32"}' --device stm32h743 ...
+    (and the two EcoTTA int8 programs with --device stm32f746 into DIR/<name>_f746: planned
+    for its banks; the warm-up changes weights, not sizes)
 
 Measured on the firmware, not estimated: the method allocator's used bytes after
 `load_method`, the planned arenas (MethodMeta), the stack's high-water mark (painted at reset),
@@ -153,6 +152,9 @@ def row(b, run, report: dict | None) -> dict:
         )
         if not run.ok:
             r["error"] = run.error or run.text[-200:]
+        high, size = run.figures.get("stack_high_water") or 0, r["stack_reserved"] or 0
+        if size and high >= size:  # painted to the bottom: it overflowed, nothing here holds
+            r["ran"], r["error"] = False, f"stack overflow: high-water {high:,} of {size:,} B"
     return r
 
 
@@ -276,21 +278,22 @@ def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str
 NOTES = [
     "## Notes",
     "",
-    "- The `_f746` programs are exported with `--device stm32f746`. Until 2026-12-06 that "
-    "profile included the 32F746G-DISCOVERY's external SDRAM (now the `stm32f746g_disco` "
-    "profile), so results recorded before then planned an arena there; the part alone has no "
-    "SDRAM, so these builds place that arena in SRAM1, where it overflows.",
+    "- Programs made by `sh benchmarks/firmware/programs.sh` (EcoTTA's with `--no-warmup`: "
+    "sizes and memory do not depend on the warm-up). The training programs are the shipped "
+    "configuration: scheduled (the default; `--no-schedule` exports autograd's graph as it "
+    "is), ReLU masks bit-packed, fp32 kept activations, int8 frozen weights for "
+    "`EcoTTAConfig.device()`, and planned with the banks that follow each other in the "
+    "address map as one region and each tensor at its own offset (export/memory_plan.py).",
+    "- The `_f746` programs are exported with `--device stm32f746`, the part alone (no "
+    "SDRAM; the 32F746G-DISCOVERY board's is the `stm32f746g_disco` profile). Its DTCM, SRAM1 "
+    "and SRAM2 follow each other (0x20000000 to 0x2004FFFF): a training program is planned "
+    "and linked there as one 320 KB region; the inference program, not scheduled, per bank.",
     "- The int8 inference program (PT2E) runs requantizing kernels whose rounding differs from "
     "the host's Python runtime by whole steps of its output's int8 scale; the training "
     "programs agree to float rounding (the device-vs-host lines above).",
-    "- ecotta_infer was exported with `--no-warmup` (sizes and memory do not depend on the "
-    "warm-up); ecotta_adapt is the shipped configuration (warmed up, int8 frozen weights, "
-    "`EcoTTAConfig.device()`, ReLU masks bit-packed).",
     "- What would close the STM32F746 gap for the EcoTTA step: the arena is the item "
-    "(`arena_peak.md`: what it holds at its peak and what each remaining lever frees); the "
-    "runtime tables are second. Both would have to shrink several-fold: recomputing "
-    "activations in the backward instead of keeping them, smaller conv chunks, fewer "
-    "instructions (each costs method-allocator tables), or the board's SDRAM.",
+    "(`arena_peak.md`: what it holds at its peak and what each lever frees); int8 kept "
+    "activations (opt-in) are measured in `levers/results.md`. The runtime tables are second.",
     "",
 ]
 
