@@ -9,14 +9,15 @@ each into the fullest bank it still fits in (best fit). Slots keep their inner l
 plan is the greedy one, only cut into pieces no larger than a bank. Slots that fit nowhere go
 to the bank with the most room left, where the fit check reports the excess.
 
-Two opt-in refinements (the export's `--schedule`; export/tensor_offsets.py):
+Two refinements, used for scheduled training programs (the default; export/training.py):
 - `merge_contiguous`: banks that follow each other in the address map (the STM32F746's DTCM,
   SRAM1 and SRAM2 are one 320 KB range) are planned as one region, named "DTCM+SRAM1+SRAM2";
   a tensor may then span a bank edge, which costs a Cortex-M7 nothing.
 - `per_tensor_offsets`: each tensor gets its own offset (largest first, at the lowest offset
   no tensor alive at the same time holds) instead of a slot shared whole. Greedy slots are
-  as large as their largest tenant for their whole life; ResNet-20's int8 EcoTTA step: 357 KB
-  against greedy's 387 KB, 327 KB alive at the peak. Both plans are made and the better kept.
+  as large as their largest tenant for their whole life (export/tensor_offsets.py);
+  ResNet-20's int8 EcoTTA step: 357 KB against greedy's 387 KB. Both plans are made and the
+  better kept.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ __all__ = ["BankedPlanner", "backend_config", "plan_banks"]
 
 @dataclass(frozen=True)
 class PlanBank:
-    name: str  # the bank's name, or its members' joined by "+" (merge_contiguous)
+    name: str  # the bank's name, or the names of the banks it spans joined by "+"
     capacity: int
     external: bool = False
-    members: tuple[str, ...] = ()  # the profile's banks it spans (merge_contiguous)
 
 
 def plan_banks(profile: DeviceProfile, *, merge_contiguous: bool = False) -> tuple[PlanBank, ...]:
@@ -45,10 +45,10 @@ def plan_banks(profile: DeviceProfile, *, merge_contiguous: bool = False) -> tup
     banks that follow each other in the address map (each with its `address` stated and
     nothing reserved) are one bank."""
     data = profile.data_banks
-    internal = [PlanBank(b.name, b.usable_bytes, False, (b.name,)) for b in data if not b.external]
+    internal = [PlanBank(b.name, b.usable_bytes) for b in data if not b.external]
     if merge_contiguous:
         internal = _merged([b for b in data if not b.external])
-    external = [PlanBank(b.name, b.usable_bytes, True, (b.name,)) for b in data if b.external]
+    external = [PlanBank(b.name, b.usable_bytes, external=True) for b in data if b.external]
     return (*sorted(internal, key=lambda b: -b.capacity), *external)
 
 
@@ -63,9 +63,8 @@ def _merged(banks: list[Any]) -> list[PlanBank]:
         else:
             runs.append([bank])
     runs += [[b] for b in banks if b not in placed]
-    names = [tuple(b.name for b in run) for run in runs]
-    sizes = [sum(b.usable_bytes for b in run) for run in runs]
-    return [PlanBank("+".join(n), size, False, n) for n, size in zip(names, sizes)]
+    return [PlanBank("+".join(b.name for b in run), sum(b.usable_bytes for b in run))
+            for run in runs]  # fmt: skip
 
 
 def _align(n: int, alignment: int) -> int:

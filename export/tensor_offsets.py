@@ -5,8 +5,9 @@ largest tenant, for the whole program. A training step's maps come in many sizes
 gradient, then 32 KB ones, then a 36 KB dequantized weight), so slots sized for one tenant
 sit half empty under the next. Here each tensor, largest first, takes the lowest offset in
 the first bank where no tensor alive at the same time overlaps it (first fit by decreasing
-size, as TensorFlow Lite Micro's greedy planner does; two tie-breaks tried, `ORDERS`). Tensors that write over another one
-(`storage_base`, the in-place elementwise ops of export/in_place.py) take their base's place.
+size, as TensorFlow Lite Micro's greedy planner does; two tie-breaks tried, `ORDERS`).
+Tensors that write over another one (`storage_base`, the in-place elementwise ops of
+export/in_place.py) take their base's place.
 """
 
 from __future__ import annotations
