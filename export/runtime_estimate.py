@@ -8,7 +8,7 @@ list (a span: pointer and length) and the argument pointers. The per-item sizes 
 a 32-bit build (ExecuTorch's EValue is 16 bytes there, TensorImpl 28). They are an estimate,
 not a measurement: the host bindings do not expose the method allocator. The Cortex-M7
 firmware measures it (benchmarks/firmware/results.md): with these sizes the estimate is
-within 0.2% of the measured figure for every program built there (48 to 144 B below it).
+within 0.4% of the measured figure for every program built there (36 to 234 B below it).
 Before, it left out the argument list's span and took TensorImpl as 32 bytes: 3% low for
 the unscheduled programs, 10% for the scheduled ones, whose instructions outnumber their
 tensors 2 to 1.
