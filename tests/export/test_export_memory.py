@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_training import X, made_up_mcu, tiny_ecotta
 
-import edgeadapt
-from edgeadapt.export import TrainingRunner, check_fit, load_profile, to_training_program
+from edgeadapt.export import TrainingRunner, check_fit, to_training_program
 from edgeadapt.export.runtime_estimate import estimate_runtime_bytes
 from edgeadapt.export.training import training_step_module
 from edgeadapt.export.training_passes import input_free_conv_backward
-
-X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
-
-
-def _ecotta():
-    torch.manual_seed(0)
-    config = edgeadapt.EcoTTAConfig(
-        frozen_bn="eval", optimizer="sgd", momentum=0.0, lr=5e-2, entropy_margin=10.0
-    )
-    return edgeadapt.wrap(
-        edgeadapt.create_model("tiny_resnet"), config, example_input=X.repeat(2, 1, 1, 1)
-    )
 
 
 class _FrozenConvs(torch.nn.Module):
@@ -74,18 +62,7 @@ def test_frozen_convs_stop_keeping_their_inputs():
 
 @pytest.fixture(scope="module")
 def adapter():
-    return _ecotta()
-
-
-def _profile(tmp_path, banks: list[int]):
-    """A made-up MCU whose banks are the given sizes (bytes)."""
-    text = load_profile("nrf52840").path.read_text()
-    head, _, tail = text.partition("[[ram]]")
-    tail = tail[tail.index("\n[", 1) :]  # drop the profile's own bank
-    ram = "".join(f'[[ram]]\nname = "BANK{i}"\nbytes = {b}\n\n' for i, b in enumerate(banks))
-    path = tmp_path / "three_banks.toml"
-    path.write_text(head + ram + tail.lstrip("\n"))
-    return load_profile(path)
+    return tiny_ecotta()
 
 
 # The tiny EcoTTA step's arena at batch 1 is ~45 kB in one piece (int8 weights); these banks
@@ -98,7 +75,7 @@ BANKS = [24_000, 16_000, 16_000]
 def banked(adapter, tmp_path_factory):
     """An int8 training program planned into three banks, none big enough for all of it."""
     folder = tmp_path_factory.mktemp("banked")
-    profile = _profile(folder, BANKS)
+    profile = made_up_mcu(folder, [(f"BANK{i}", b) for i, b in enumerate(BANKS)], "three_banks")
     report = to_training_program(adapter, X, folder / "banked.pte", device=profile, quantize="int8")
     return profile, report
 

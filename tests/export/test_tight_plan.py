@@ -1,5 +1,6 @@
-"""The opt-in tight memory plan (`--schedule`): banks that follow each other in the address
-map planned as one region, and each tensor at its own offset where that beats shared slots."""
+"""The tight memory plan of scheduled training programs (the default): banks that follow each
+other in the address map planned as one region, and each tensor at its own offset where that
+beats shared slots."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import itertools
 
 import pytest
 import torch
+from tiny_training import X, made_up_mcu, tiny_ecotta
 
-import edgeadapt
 from edgeadapt.export import TrainingRunner, check_fit, load_profile, to_training_program
 from edgeadapt.export.memory_plan import plan_banks
 from edgeadapt.export.tensor_offsets import offset_plan
-
-X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
 
 
 class _Spec:
@@ -78,35 +77,11 @@ def test_contiguous_banks_merge_and_others_do_not():
     assert [(b.name, b.external) for b in board] == [("DTCM+SRAM1+SRAM2", False), ("SDRAM", True)]
 
 
-def _profile(tmp_path, banks):
-    """A made-up MCU with banks (name, bytes, address or None, reserved bytes)."""
-    text = load_profile("nrf52840").path.read_text()
-    head, _, tail = text.partition("[[ram]]")
-    tail = tail[tail.index("\n[", 1) :]
-    ram = ""
-    for name, size, address, reserved in banks:
-        ram += f'[[ram]]\nname = "{name}"\nbytes = {size}\nreserved_bytes = {reserved}\n'
-        ram += f"address = {address}\n\n" if address is not None else "\n"
-    path = tmp_path / "contiguous.toml"
-    path.write_text(head + ram + tail.lstrip("\n"))
-    return load_profile(path)
-
-
 def test_banks_with_reserved_bytes_or_no_address_stay_apart(tmp_path):
-    profile = _profile(
+    profile = made_up_mcu(
         tmp_path, [("A", 100, 0x1000, 0), ("B", 100, 0x1064, 10), ("C", 100, None, 0)]
     )
     assert len(plan_banks(profile, merge_contiguous=True)) == 3
-
-
-def _ecotta():
-    torch.manual_seed(0)
-    config = edgeadapt.EcoTTAConfig(
-        frozen_bn="eval", optimizer="sgd", momentum=0.0, lr=5e-2, entropy_margin=10.0
-    )
-    return edgeadapt.wrap(
-        edgeadapt.create_model("tiny_resnet"), config, example_input=X.repeat(2, 1, 1, 1)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +89,10 @@ def plans(tmp_path_factory):
     """The tiny int8 EcoTTA step scheduled, without a device and for two contiguous banks
     that hold it only together (its arena is ~40 kB; each bank 24 kB)."""
     folder = tmp_path_factory.mktemp("tight")
-    profile = _profile(folder, [("LOW", 24_000, 0x20000000, 0), ("HIGH", 24_000, 0x20005DC0, 0)])
+    profile = made_up_mcu(folder, [("LOW", 24_000, 0x20000000, 0), ("HIGH", 24_000, 0x20005DC0, 0)])
     common = dict(quantize="int8", schedule=True)
-    free = to_training_program(_ecotta(), X, folder / "free.pte", **common)
-    tight = to_training_program(_ecotta(), X, folder / "tight.pte", device=profile, **common)
+    free = to_training_program(tiny_ecotta(), X, folder / "free.pte", **common)
+    tight = to_training_program(tiny_ecotta(), X, folder / "tight.pte", device=profile, **common)
     return profile, free, tight
 
 
