@@ -105,6 +105,26 @@ def program_memory(data: bytes) -> tuple[tuple[int, ...], int]:
     return arenas, constants
 
 
+def planned_memory(
+    data: bytes, profile: DeviceProfile | None, *, merge_contiguous: bool = False
+) -> dict[str, Any]:
+    """A program's memory as `check_fit` reads it: its arenas and the banks they were planned
+    for (`profile`, `merge_contiguous` as at export), its constants and the runtime tables'
+    32-bit estimate."""
+    from edgeadapt.export.memory_plan import plan_banks
+    from edgeadapt.export.runtime_estimate import estimate_runtime_bytes
+
+    arenas, constants = program_memory(data)
+    planned = plan_banks(profile, merge_contiguous=merge_contiguous) if profile else ()
+    return {
+        "arena_bytes": arenas,
+        "arena_banks": tuple(b.name for b in planned)[: len(arenas)],
+        "planned_for": profile.key if profile else None,
+        "constant_bytes": constants,
+        "runtime_bytes_estimate": estimate_runtime_bytes(data).bytes,
+    }
+
+
 def verify_and_write(
     data: bytes,
     path: str | os.PathLike[str],
@@ -154,13 +174,8 @@ def write_pte(
     the program takes more than the batch), also write the bundled program `<stem>.bpte` for
     on-target verification within `bundle_atol`."""
     from edgeadapt.export.bundled import BundledCase, write_bundled_program
-    from edgeadapt.export.memory_plan import plan_banks
-    from edgeadapt.export.runtime_estimate import estimate_runtime_bytes
 
-    arenas, constants = program_memory(data)
-    runtime = estimate_runtime_bytes(data).bytes
-    planned = plan_banks(profile, merge_contiguous=merge_contiguous) if profile else ()
-    banks = tuple(b.name for b in planned)[: len(arenas)]
+    memory = planned_memory(data, profile, merge_contiguous=merge_contiguous)
     path = Path(path)
     atomic_write_bytes(path, data)
     bundled = None
@@ -170,9 +185,10 @@ def write_pte(
     return ExportReport(
         path=path, format="executorch", file_bytes=len(data), sha256=sha256(data).hexdigest(),
         input_shape=tuple(example.shape),
-        arena_bytes=arenas, constant_bytes=constants, arena_banks=banks,
-        planned_for=profile.key if profile else None, bundled_path=bundled,
-        bundled_atol=bundle_atol if bundled else None, runtime_bytes_estimate=runtime, **fields,
+        arena_bytes=memory["arena_bytes"], constant_bytes=memory["constant_bytes"],
+        arena_banks=memory["arena_banks"], planned_for=memory["planned_for"],
+        bundled_path=bundled, bundled_atol=bundle_atol if bundled else None,
+        runtime_bytes_estimate=memory["runtime_bytes_estimate"], **fields,
     )  # fmt: skip
 
 

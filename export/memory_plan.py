@@ -18,6 +18,12 @@ Two refinements, used for scheduled training programs (the default; export/train
   as large as their largest tenant for their whole life (export/tensor_offsets.py);
   ResNet-20's int8 EcoTTA step: 357 KB against greedy's 387 KB. Both plans are made and the
   better kept.
+
+`room`: bytes one bank must keep free beside the arenas, for what the firmware puts there (the
+runtime's tables, its statics and stack: they need one bank, `fit.py`). Each bank is tried as
+that home and the plan with the least overflow, counting the room, is kept. Used only when a
+first plan left no bank that room (export/table_room.py): ResNet-20's int8 EcoTTA step with
+a teacher has 250 KB of tables, and its first plan fills the H743's largest bank.
 """
 
 from __future__ import annotations
@@ -73,13 +79,19 @@ def _align(n: int, alignment: int) -> int:
 
 class BankedPlanner:
     """memory_planning_algo placing ExecuTorch's greedy shared objects into banks, or with
-    `per_tensor_offsets` each tensor at its own offset where that plan is the better one."""
+    `per_tensor_offsets` each tensor at its own offset where that plan is the better one;
+    `room` bytes kept free in one of the banks (the module docstring)."""
 
-    def __init__(self, banks: tuple[PlanBank, ...], *, per_tensor_offsets: bool = False) -> None:
+    def __init__(
+        self, banks: tuple[PlanBank, ...], *, per_tensor_offsets: bool = False, room: int = 0
+    ) -> None:
         if not banks:
             raise ValueError("banked planning needs at least one bank")
+        if room < 0:
+            raise ValueError(f"room must be at least 0 bytes, got {room}")
         self.banks = banks
         self.per_tensor_offsets = per_tensor_offsets
+        self.room = room
         self.__name__ = "banked"
 
     def __call__(
@@ -102,13 +114,14 @@ class BankedPlanner:
             sorted(specs, key=lambda sp: -sp.lifetime[1]),
             sorted(specs, key=lambda sp: sp.lifetime[0] - sp.lifetime[1]),
         ]
-        plans = [
-            self._pack(greedy(alignment, order, graph_module, graph_signature, 0), alignment)
-            for order in orders
-        ]
-        if self.per_tensor_offsets:
-            plans.append(offset_plan(specs, [b.capacity for b in self.banks], alignment))
-        used, placement = min(plans, key=lambda p: (self._overflow(p[0]), sum(p[0])))
+        results = [greedy(alignment, order, graph_module, graph_signature, 0) for order in orders]
+        plans = []  # (overflow, total, used, placement)
+        for capacities in self._capacities():
+            packed = [self._pack(result, alignment, capacities) for result in results]
+            if self.per_tensor_offsets:
+                packed.append(offset_plan(specs, capacities, alignment))
+            plans += [(_overflow(p[0], capacities), sum(p[0]), *p) for p in packed]
+        _, _, used, placement = min(plans, key=lambda p: (p[0], p[1]))
         for spec, (bank, obj, offset) in placement.items():
             spec.mem_id, spec.mem_obj_id, spec.mem_offset = bank + 1, obj, offset
         sizes = [u + padding if u else 0 for u in used]
@@ -116,10 +129,21 @@ class BankedPlanner:
             sizes.pop()
         return [0, *sizes]
 
-    def _overflow(self, used: list[int]) -> int:
-        return sum(max(u - b.capacity, 0) for u, b in zip(used, self.banks))
+    def _capacities(self) -> list[list[int]]:
+        """What the arenas may take of each bank: the whole banks, or with `room`, one list
+        per bank that can hold the room, that bank short of it."""
+        whole = [b.capacity for b in self.banks]
+        if not self.room:
+            return [whole]
+        homes = [i for i, c in enumerate(whole) if c >= self.room]
+        choices = [
+            [c - self.room if i == home else c for i, c in enumerate(whole)] for home in homes
+        ]
+        return choices or [whole]
 
-    def _pack(self, result: Any, alignment: int) -> tuple[list[int], dict[Any, tuple]]:
+    def _pack(
+        self, result: Any, alignment: int, capacities: list[int]
+    ) -> tuple[list[int], dict[Any, tuple]]:
         """Bytes used per bank, and each spec's (bank, object, offset), for one greedy plan."""
         extent: dict[int, list[int]] = {}
         members: dict[int, list[Any]] = defaultdict(list)
@@ -133,27 +157,32 @@ class BankedPlanner:
         for obj in sorted(extent, key=lambda o: (extent[o][0] - extent[o][1], o)):
             lo, hi = extent[obj]
             size = _align(hi - lo, alignment)
-            fitting = [i for i, b in enumerate(self.banks) if used[i] + size <= b.capacity]
+            fitting = [i for i, c in enumerate(capacities) if used[i] + size <= c]
             if fitting:  # best fit: the bank with the least room that still holds it
-                bank = min(fitting, key=lambda i: self.banks[i].capacity - used[i])
+                bank = min(fitting, key=lambda i: capacities[i] - used[i])
             else:
-                bank = max(range(len(self.banks)), key=lambda i: self.banks[i].capacity - used[i])
+                bank = max(range(len(capacities)), key=lambda i: capacities[i] - used[i])
             for spec, alloc in members[obj]:
                 placement[spec] = (bank, obj, used[bank] + alloc.mem_offset - lo)
             used[bank] += size
         return used, placement
 
 
-def backend_config(profile: DeviceProfile | None, *, tight: bool = False) -> Any:
+def _overflow(used: list[int], capacities: list[int]) -> int:
+    return sum(max(u - c, 0) for u, c in zip(used, capacities))
+
+
+def backend_config(profile: DeviceProfile | None, *, tight: bool = False, room: int = 0) -> Any:
     """An ExecutorchBackendConfig planning into `profile`'s banks (default planning: None);
-    `tight`: contiguous banks merged and per-tensor offsets (the module docstring)."""
+    `tight`: contiguous banks merged and per-tensor offsets; `room`: bytes kept free in one
+    bank (the module docstring)."""
     from executorch.exir import ExecutorchBackendConfig
     from executorch.exir.passes import MemoryPlanningPass
 
     if profile is None:
         return ExecutorchBackendConfig()
     banks = plan_banks(profile, merge_contiguous=tight)
-    planner = BankedPlanner(banks, per_tensor_offsets=tight)
+    planner = BankedPlanner(banks, per_tensor_offsets=tight, room=room)
     return ExecutorchBackendConfig(
         memory_planning_pass=MemoryPlanningPass(memory_planning_algo=planner)
     )

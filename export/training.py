@@ -10,6 +10,7 @@ steps it with ExecuTorch's own SGD (`executorch.extension.training.get_sgd_optim
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -161,18 +162,25 @@ def to_training_program(
         if schedule:  # after packing: the gradient maps are then made from small tensors
             late_backward_ops(exported)
             memory_aware_order(exported)
-        config = backend_config(profile, tight=schedule)
-        if mutable:  # without it a mutated buffer's initial value is not written to the file
-            config.passes.append(InitializedMutableBufferPass(list(mutable)))
-        with training_indices_without_buffer_mutations():
-            edge = to_edge(exported)
-            if schedule:  # outputs over the inputs they are the last to read
-                in_place_elementwise(edge.exported_program().graph_module)
-            manager = edge.to_executorch(config)
-        # Scalar arguments shared between instructions: fewer runtime tables on the device.
-        data, _ = share_constant_values(manager.buffer)
-        if schedule:  # and arena tensors, one value per shape at each offset
-            data, _ = share_arena_tensors(data)
+
+        def emit(room: int) -> tuple[Any, bytes]:
+            config = backend_config(profile, tight=schedule, room=room)
+            if mutable:  # without it a mutated buffer's initial value is not written to the file
+                config.passes.append(InitializedMutableBufferPass(list(mutable)))
+            with training_indices_without_buffer_mutations():
+                edge = to_edge(exported)
+                if schedule:  # outputs over the inputs they are the last to read
+                    in_place_elementwise(edge.exported_program().graph_module)
+                manager = edge.to_executorch(config)
+            # Scalar arguments shared between instructions: fewer runtime tables on the device.
+            data, _ = share_constant_values(manager.buffer)
+            if schedule:  # and arena tensors, one value per shape at each offset
+                data, _ = share_arena_tensors(data)
+            return manager, data
+
+        manager, data = emit(0)
+        if schedule and profile is not None:
+            manager, data = _with_table_room(emit, manager, data, profile)
         peak = arena_peak(manager)
     except ExportError:
         raise
@@ -253,6 +261,30 @@ def to_training_program(
                *notes),
         adaptation_check=check, arena_peak=peak.to_dict(), merge_contiguous=schedule,
     )  # fmt: skip
+
+
+def _with_table_room(
+    emit: Any, manager: Any, data: bytes, profile: DeviceProfile
+) -> tuple[Any, bytes]:
+    """The program planned again with room for the runtime's tables in one bank, where the
+    first plan placed every arena but left no bank that room (export/table_room.py); the new
+    plan is kept only if the program then fits. The tables move a little with the plan (arena
+    tensors shared at equal offsets), hence a second try with the first one's shortfall added."""
+    from edgeadapt.export.executorch_program import planned_memory
+    from edgeadapt.export.fit import check_fit
+    from edgeadapt.export.table_room import needed_room
+
+    room = needed_room(planned_memory(data, profile, merge_contiguous=True), profile)
+    for _ in range(2):
+        if not room:
+            break
+        again = emit(room)
+        memory = planned_memory(again[1], profile, merge_contiguous=True)
+        if check_fit(memory, profile).fits:
+            return again
+        more = needed_room(memory, profile)
+        room = max(room, more) + 1024 if more else 0
+    return manager, data
 
 
 def _check_adapts(adapter, data: bytes, images: Tensor, steps: int, int8: bool) -> dict:

@@ -82,6 +82,41 @@ def test_blob_changes_when_the_program_changes_in_place(tmp_path, monkeypatch) -
     assert mcu._blob(prog, profile, ["SRAM1"], [64]) != after_pte
 
 
+def test_kernel_sources_find_void_kernels_and_utils_the_library_leaves_out(tmp_path) -> None:
+    """No toolchain needed. A kernel returning void (`split_with_sizes_copy_out`, which the
+    teacher step calls) is found like one returning a Tensor&, and a util source a kernel
+    includes that ExecuTorch's kernels_util_all_deps leaves out (grid_sampler_2d_util.cpp)
+    is compiled with it: both once failed the teacher step's firmware build."""
+    et = tmp_path / "executorch"
+    cpu, util = et / "kernels/portable/cpu", et / "kernels/portable/cpu/util"
+    util.mkdir(parents=True)
+    (et / "shim_et/xplat/executorch/build").mkdir(parents=True)
+    (et / "shim_et/xplat/executorch/build/build_variables.bzl").write_text(
+        'KERNELS_UTIL_ALL_DEPS_SRCS = [\n    "kernels/portable/cpu/util/copy_ops_util.cpp",\n]\n'
+    )
+    for name in ("copy_ops_util", "grid_sampler_2d_util"):
+        (util / f"{name}.cpp").write_text("")
+    include = "#include <executorch/kernels/portable/cpu/util/{}.h>\n"
+    (cpu / "op_split.cpp").write_text(
+        include.format("copy_ops_util") + "void split_with_sizes_copy_out(\n  ctx) {}\n"
+    )
+    (cpu / "op_grid.cpp").write_text(
+        include.format("grid_sampler_2d_util") + "Tensor& grid_sampler_2d_out(ctx) {}\n"
+    )
+    yaml = tmp_path / "functions.yaml"
+    yaml.write_text(
+        "- op: split_with_sizes_copy.out\n  kernels:\n"
+        "    - kernel_name: torch::executor::split_with_sizes_copy_out\n"
+        "- op: grid_sampler_2d.out\n  kernels:\n"
+        "    - kernel_name: torch::executor::grid_sampler_2d_out\n"
+    )
+    ops = ["aten::split_with_sizes_copy.out", "aten::grid_sampler_2d.out"]
+    found, sources = mcu._kernel_sources(et, yaml, cpu, ops)
+    assert found == ops
+    assert sources == sorted([cpu / "op_grid.cpp", cpu / "op_split.cpp",
+                              util / "grid_sampler_2d_util.cpp"])  # fmt: skip
+
+
 def test_missing_cxx_headers_are_named(monkeypatch) -> None:
     """Debian's gcc-arm-none-eabi comes without the C++ headers (a separate package): a
     machine with the compiler but not them must be told so before a build, not fail on

@@ -327,13 +327,32 @@ def _kernel_sources(et_root: Path, yaml_path: Path, cpu_dir: Path, ops: list[str
     sources = {p: p.read_text(errors="replace") for p in sorted(cpu_dir.glob("op_*.cpp"))}
     for op in found:
         for fn in by_op[op]:
-            # a definition (`Tensor& add_out(`) or a macro that defines it (`UFUNC(exp_out,`)
-            pat = re.compile(rf"([&>]\s*{re.escape(fn)}\s*\(|\(\s*{re.escape(fn)}\s*,)")
+            # a definition (`Tensor& add_out(`, `void split_with_sizes_copy_out(`) or a macro
+            # that defines it (`UFUNC(exp_out,`)
+            name = re.escape(fn)
+            pat = re.compile(rf"((?:[&>]|\bvoid)\s*{name}\s*\(|\(\s*{name}\s*,)")
             hits = [p for p, text in sources.items() if pat.search(text)]
             if not hits:
                 raise BuildError(f"no source defines {fn} ({op}) in {cpu_dir}")
             files.update(hits)
-    return found, sorted(files)
+    return found, sorted(files | _utils_outside_all_deps(et_root, files))
+
+
+def _utils_outside_all_deps(et_root: Path, files: set[Path]) -> set[Path]:
+    """The portable util sources `files` include that ExecuTorch's kernels_util_all_deps
+    library leaves out (1.x: grid_sampler_2d_util.cpp, which the teacher step's view
+    augmentation calls, and stack_util.cpp): compiled with the kernels, else unresolved."""
+    listed = et_root / "shim_et/xplat/executorch/build/build_variables.bzl"
+    block = re.search(r"KERNELS_UTIL_ALL_DEPS_SRCS = \[(.*?)\]", listed.read_text(), re.S)
+    in_library = set(re.findall(r'"([^"]+)"', block.group(1))) if block else set()
+    util = "kernels/portable/cpu/util"
+    extra = set()
+    for path in files:
+        for name in re.findall(rf"#include <executorch/{util}/(\w+)\.h>", path.read_text()):
+            source = et_root / util / f"{name}.cpp"
+            if source.exists() and f"{util}/{name}.cpp" not in in_library:
+                extra.add(source)
+    return extra
 
 
 def _sha256(path: Path) -> str:
