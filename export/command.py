@@ -463,6 +463,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"arena {report.total_arena_bytes:,} B, constants {report.constant_bytes:,} B")
     if report.arena_peak:
         print(_arena_peak_line(report.arena_peak))
+    for note in report.notes:
+        print(note)
     code = 0
     if args.device:
         fit = check_fit(report, args.device)

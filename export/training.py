@@ -179,8 +179,9 @@ def to_training_program(
             return manager, data
 
         manager, data = emit(0)
+        replanned = None
         if schedule and profile is not None:
-            manager, data = _with_table_room(emit, manager, data, profile)
+            manager, data, replanned = _with_table_room(emit, manager, data, profile)
         peak = arena_peak(manager)
     except ExportError:
         raise
@@ -201,7 +202,7 @@ def to_training_program(
         )
     names = ["loss", "logits", *(f"grad {k}" for k in grads)]
     pairs = [(got_loss, loss.detach()), (got_logits, logits)]
-    notes = []
+    notes = [replanned] if replanned else []
     if int8_activations:
         # The gradients are approximations by design: held to less than the gradients' own
         # size together (a wrong tensor or scale gives about 100% or far more; ResNet-20's
@@ -265,11 +266,12 @@ def to_training_program(
 
 def _with_table_room(
     emit: Any, manager: Any, data: bytes, profile: DeviceProfile
-) -> tuple[Any, bytes]:
+) -> tuple[Any, bytes, str | None]:
     """The program planned again with room for the runtime's tables in one bank, where the
-    first plan placed every arena but left no bank that room (export/table_room.py); the new
-    plan is kept only if the program then fits. The tables move a little with the plan (arena
-    tensors shared at equal offsets), hence a second try with the first one's shortfall added."""
+    first plan placed every arena but left no bank that room (export/table_room.py), and a
+    note for the report; the new plan is kept only if the program then fits. The tables move
+    a little with the plan (arena tensors shared at equal offsets), hence a second try with
+    the room the second plan asks for."""
     from edgeadapt.export.executorch_program import planned_memory
     from edgeadapt.export.fit import check_fit
     from edgeadapt.export.table_room import needed_room
@@ -281,10 +283,12 @@ def _with_table_room(
         again = emit(room)
         memory = planned_memory(again[1], profile, merge_contiguous=True)
         if check_fit(memory, profile).fits:
-            return again
+            note = (f"planned again with {room:,} B kept free in one bank for the runtime's "
+                    "tables and the firmware's RAM: the first plan left no bank that room")  # fmt: skip
+            return (*again, note)
         more = needed_room(memory, profile)
         room = max(room, more) + 1024 if more else 0
-    return manager, data
+    return manager, data, None
 
 
 def _check_adapts(adapter, data: bytes, images: Tensor, steps: int, int8: bool) -> dict:

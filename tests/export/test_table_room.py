@@ -108,6 +108,7 @@ def test_a_plan_made_again_keeps_the_room_and_fits(room_programs):
         free[bank] -= size
     assert max(free.values()) >= ROOM and min(free.values()) >= 0
     assert check_fit(again, profile).fits
+    assert any(f"planned again with {ROOM:,} B" in note for note in again.notes)
 
 
 def test_the_plan_made_again_steps_the_same(room_programs):
