@@ -89,6 +89,12 @@ int main() {
   if (!sample || in_numel % sample) return fail("input", 0);
   size_t n_inputs = in_numel / sample;
   line("inputs", static_cast<uint32_t>(n_inputs));
+  if (f.inputs > 1) {  // e.g. a teacher step's view draws: no generator here to make them
+    ea_put("EA error the program takes ");
+    ea_put_i(f.inputs);
+    ea_put(" inputs; the self-test sets input 0 only\n");
+    return 1;
+  }
 
   if (!runner.training()) {
     for (size_t k = 0; k < n_inputs; ++k) {
