@@ -274,11 +274,13 @@ def _with_table_room(
     the room the second plan asks for."""
     from edgeadapt.export.executorch_program import planned_memory
     from edgeadapt.export.fit import check_fit
+    from edgeadapt.export.memory_plan import plan_banks
     from edgeadapt.export.table_room import needed_room
 
+    largest = max(b.capacity for b in plan_banks(profile, merge_contiguous=True))
     room = needed_room(planned_memory(data, profile, merge_contiguous=True), profile)
     for _ in range(2):
-        if not room:
+        if not room or room > largest:  # no bank could keep it: planning again cannot help
             break
         again = emit(room)
         memory = planned_memory(again[1], profile, merge_contiguous=True)
