@@ -140,8 +140,9 @@ needs_toolchain = pytest.mark.skipif(bool(mcu.missing_tools()) and not REQUIRED,
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A tiny inference program and a tiny Tent training program, built for QEMU (an500) and
-    the STM32F746, in their own CMake folder next to the benchmark's (sources shared)."""
+    """A tiny inference program, a tiny Tent training program and a tiny EcoTTA step with a
+    2-view teacher, built for QEMU (an500) and the STM32F746, in their own CMake folder next
+    to the benchmark's (sources shared)."""
     if mcu.missing_tools():
         pytest.fail(f"EDGEADAPT_REQUIRE_FIRMWARE=1 but {MISSING}")
     pytest.importorskip("executorch")
@@ -164,9 +165,21 @@ def built(tmp_path_factory):
     to_training_program(adapter, batches[:1], tmp / "tent.pte")
     (tmp / "tent_in.bin").write_bytes(batches.numpy().astype("<f4").tobytes())
 
+    # EcoTTA with a 2-view teacher: the step also takes the views' random numbers.
+    torch.manual_seed(0)
+    config = edgeadapt.EcoTTAConfig(
+        optimizer="sgd", momentum=0.0, lr=0.05, lean=False, recompute=False,
+        teacher_momentum=0.8, teacher_views=2, input_mean=(0.5,) * 3, input_std=(0.25,) * 3,
+    )  # fmt: skip
+    teacher = edgeadapt.wrap(create_model("tiny_resnet"), config, example_input=batches[:2])
+    to_training_program(teacher, batches[:1], tmp / "teacher.pte")
+
     programs = [
         mcu.Program("t_infer", pte, ("an500", "stm32f746"), tmp / "tiny_in.bin"),
         mcu.Program("t_tent", tmp / "tent.pte", ("an500",), tmp / "tent_in.bin", steps=4, lr=0.05),
+        mcu.Program(
+            "t_teacher", tmp / "teacher.pte", ("an500",), tmp / "tent_in.bin", steps=3, lr=0.05
+        ),
     ]
     results = {(b.program, b.profile): b for b in mcu.build(programs, fw="fw-tests")}
     return programs, results, expected, batches
@@ -221,3 +234,30 @@ def test_training_steps_match_host_sgd(built) -> None:
     moved = max(np.abs(np.array(d) - initial[n].flatten().numpy()).max()
                 for d, n in zip(run.params, initial))  # fmt: skip
     assert moved > 1e-4, "the device's SGD did not move the weights"
+
+
+@needs_toolchain
+def test_a_teacher_step_steps_on_the_views_the_host_draws(built) -> None:
+    """The teacher step's inputs after the batch (its views' random numbers) are linked in
+    per step as the host's TrainingRunner draws them (seed 0): the device then steps what
+    the host steps. Drawn from another seed, the host ends elsewhere: the draws are used."""
+    from edgeadapt.export.training import TrainingRunner
+    from edgeadapt.firmware_bridge.emulator.programs import program_parameters
+
+    programs, results, _, batches = built
+    prog = programs[2]
+    run = mcu.run_firmware(results[("t_teacher", "an500")].elf, timeout=180)
+    assert run.ok, run.text[-500:]
+    data = prog.pte.read_bytes()
+    initial = program_parameters(data)
+    hosts = [TrainingRunner.from_bytes(data, lr=prog.lr, momentum=0.0, seed=s) for s in (0, 1)]
+    for step in range(prog.steps):
+        (logits, _, kept), _ = (h.step(batches[step % len(batches)][None]) for h in hosts)
+        assert run.steps[step]["kept"] == kept
+        np.testing.assert_allclose(run.outputs[step], logits.flatten().numpy(), atol=1e-4)
+    same, other = (h.parameters() for h in hosts)
+    for device, name in zip(run.params, initial):
+        np.testing.assert_allclose(device, same[name].flatten().numpy(), atol=1e-5)
+    apart = max(np.abs(np.array(d) - other[n].flatten().numpy()).max()
+                for d, n in zip(run.params, initial))  # fmt: skip
+    assert apart > 1e-4, "the device's step does not depend on the views' draws"

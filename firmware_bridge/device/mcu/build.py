@@ -30,6 +30,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -300,15 +301,46 @@ def planned_sizes(pte: Path) -> list[int]:
     return [int(b) for b in forward.non_const_buffer_sizes[1:]]
 
 
-def input_numel(pte: Path) -> int:
+def input_shapes(pte: Path) -> list[tuple[int, ...]]:
+    """The shapes of `forward`'s inputs, in order."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     plan = deserialize_pte_binary(pte.read_bytes()).program.execution_plan
     forward = next(p for p in plan if p.name == "forward")
-    n = 1
-    for s in forward.values[forward.inputs[0]].val.sizes:
-        n *= int(s)
-    return n
+    return [tuple(int(s) for s in forward.values[i].val.sizes) for i in forward.inputs]
+
+
+def input_numel(pte: Path) -> int:
+    return math.prod(input_shapes(pte)[0])
+
+
+def view_draws(prog: Program, folder: Path) -> Path | None:
+    """The inputs after the batch of a training program that takes more (EcoTTA's teacher
+    step: its views' random numbers, `ViewDraws`), for each of its steps, float32 back to
+    back in input order: drawn as the host's `TrainingRunner` draws them (a generator seeded
+    0, one draw per step), so the device steps what the host steps. None for other programs."""
+    shapes = input_shapes(prog.pte)
+    if len(shapes) < 2 or not prog.steps:
+        return None
+    import torch
+
+    from edgeadapt.methods._augment import ViewDraws, draw_views
+
+    if len(shapes) != 1 + len(ViewDraws._fields):
+        raise BuildError(f"{prog.name} takes {len(shapes)} inputs; the firmware's self-test "
+                         "knows only the batch and a teacher step's view draws")  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    steps = []
+    for _ in range(prog.steps):
+        draws = draw_views(shapes[0], gen, shapes[1][0])
+        if [tuple(d.shape) for d in draws] != shapes[1:]:
+            raise BuildError(f"{prog.name}'s inputs {shapes[1:]} are not a teacher step's draws")
+        steps.append(torch.cat([d.reshape(-1) for d in draws]))
+    data = torch.cat(steps).numpy().astype("<f4").tobytes()
+    path = folder / f"{prog.name}_draws_{prog.steps}.bin"
+    if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+    return path
 
 
 def _kernel_sources(et_root: Path, yaml_path: Path, cpu_dir: Path, ops: list[str]) -> tuple:
@@ -359,13 +391,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _blob(prog: Program, profile: Profile, banks: list[str], sizes: list[int]) -> str:
+def _blob(
+    prog: Program, profile: Profile, banks: list[str], sizes: list[int], draws: Path | None = None
+) -> str:
     table = "\n".join(f"  .word ea_arena_{i}, {n}" for i, n in enumerate(sizes))
     arenas = "\n".join(f'  .section .arena.{bank},"aw",%nobits\n  .balign 16\nea_arena_{i}:'
                        f" .space {max(n, 16)}" for i, (bank, n) in enumerate(zip(banks, sizes)))  # fmt: skip
     # The digests make this file change when a .pte or its inputs change in place: ninja does
     # not see through .incbin, so without them a rebuilt program kept the firmware's old copy.
     digests = f"pte sha256 {_sha256(prog.pte)}, inputs sha256 {_sha256(prog.inputs)}"
+    extra = ""
+    if draws is not None:
+        digests += f", draws sha256 {_sha256(draws)}"
+        extra = f'ea_extra: .incbin "{draws.resolve()}"\n'
+    else:
+        extra = "ea_extra:\n"
     return f"""/* {prog.name} for {profile.name}: written by build.py; {digests} */
   .section .rodata.ea_pte,"a"
   .balign 64
@@ -377,6 +417,10 @@ ea_pte_end:
   .global ea_inputs, ea_inputs_end
 ea_inputs: .incbin "{prog.inputs.resolve()}"
 ea_inputs_end:
+  .section .rodata.ea_extra,"a"
+  .balign 16
+  .global ea_extra, ea_extra_end
+{extra}ea_extra_end:
   .section .rodata.ea_meta,"a"
   .balign 8
   .global ea_lr, ea_steps, ea_input_numel, ea_arena_count, ea_arena_table, ea_name
@@ -479,8 +523,10 @@ def build(
              # the registry's size: each program's kernels + prim ops, with room to spare
              f"set(EA_MAX_KERNELS {len(p_ops) + len(q_ops) + 96})", "macro(ea_programs)"]  # fmt: skip
     jobs = []
+    draws_of: dict[str, Path | None] = {}
     for prog in programs:
         sizes = planned_sizes(prog.pte)
+        draws = draws_of[prog.name] = view_draws(prog, gen)
         builds = []
         for name in prog.profiles:
             part = load_profile(name)
@@ -494,7 +540,7 @@ def build(
             ld = gen / (f"{name}.ld" if alone else f"{name}__{prog.name}.ld")
             _write_if_changed(ld, linker_script(profile, banks, home))
             blob = gen / f"{prog.name}__{name}.S"
-            _write_if_changed(blob, _blob(prog, profile, banks, sizes))
+            _write_if_changed(blob, _blob(prog, profile, banks, sizes, draws))
             builds.append((name, ld, blob))
             jobs.append((prog, name))
         ops = [o for o in per_prog[prog.name] if o in p_ops]
@@ -529,8 +575,10 @@ def build(
         text = done.stdout + done.stderr
         overflow = {m.group(1): int(m.group(2))
                     for m in re.finditer(r"region `(\w+)' overflowed by (\d+) bytes", text)}  # fmt: skip
+        draws = draws_of[prog.name]  # linked beside the inputs
+        linked = prog.inputs.stat().st_size + (draws.stat().st_size if draws else 0)
         b = Built(prog.name, name, elf if done.returncode == 0 else None, overflow,
-                  pte_bytes=prog.pte.stat().st_size, input_bytes=prog.inputs.stat().st_size)  # fmt: skip
+                  pte_bytes=prog.pte.stat().st_size, input_bytes=linked)  # fmt: skip
         if done.returncode and not overflow:
             raise BuildError(f"building {target} failed; log {log_path}:\n{text[-3000:]}")
         if b.elf:

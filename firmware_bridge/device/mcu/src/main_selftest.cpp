@@ -13,6 +13,7 @@
 extern "C" {
 extern const uint8_t ea_pte[], ea_pte_end[];
 extern const float ea_inputs[], ea_inputs_end[];
+extern const float ea_extra[], ea_extra_end[];  // inputs after the batch, per step
 extern const ea_mcu::Arena ea_arena_table[];
 extern const uint32_t ea_arena_count;
 extern const uint32_t ea_steps;
@@ -89,10 +90,20 @@ int main() {
   if (!sample || in_numel % sample) return fail("input", 0);
   size_t n_inputs = in_numel / sample;
   line("inputs", static_cast<uint32_t>(n_inputs));
-  if (f.inputs > 1) {  // e.g. a teacher step's view draws: no generator here to make them
+  // Inputs after the batch (a teacher step's view draws) come from ea_extra, each step's
+  // back to back, drawn by build.py as the host draws them; there is no generator here.
+  size_t per_step = 0;
+  for (int i = 1; i < f.inputs; ++i) {
+    size_t n = runner.input_numel(i);
+    if (!n) return fail("extra_input", i);
+    per_step += n;
+  }
+  size_t extra = static_cast<size_t>(ea_extra_end - ea_extra);
+  if (f.inputs > 1 && (!runner.training() || extra != per_step * ea_steps)) {
     ea_put("EA error the program takes ");
     ea_put_i(f.inputs);
-    ea_put(" inputs; the self-test sets input 0 only\n");
+    ea_put(" inputs; the self-test has those after the batch for training steps only, from ");
+    ea_put("build.py's view draws\n");
     return 1;
   }
 
@@ -111,6 +122,12 @@ int main() {
     for (uint32_t step = 0; step < ea_steps; ++step) {
       const float *x = ea_inputs + (step % n_inputs) * sample;
       if ((s = runner.set_input(0, x, sample)) != ea_mcu::kOk) return fail("input", s);
+      const float *e = ea_extra + step * per_step;
+      for (int i = 1; i < f.inputs; ++i) {
+        size_t n = runner.input_numel(i);
+        if ((s = runner.set_input(i, e, n)) != ea_mcu::kOk) return fail("input", s);
+        e += n;
+      }
       float loss;
       int kept;
       if ((s = runner.step(ea_lr, &loss, &kept)) != ea_mcu::kOk) return fail("step", s);

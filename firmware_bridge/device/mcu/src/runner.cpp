@@ -119,6 +119,16 @@ Status Runner::set_input(int index, const float *x, size_t numel) {
   return e == Error::Ok ? kOk : kInputFailed;
 }
 
+size_t Runner::input_numel(int index) const {
+  Result<MethodMeta> meta = program.get()->method_meta("forward");
+  if (!meta.ok()) return 0;
+  auto info = meta->input_tensor_meta(index);
+  if (!info.ok() || info->scalar_type() != ScalarType::Float) return 0;
+  size_t n = 1;
+  for (auto s : info->sizes()) n *= static_cast<size_t>(s);
+  return n;
+}
+
 Status Runner::run() {
   Error e = method.get()->execute();
   figures_.error = static_cast<int>(e);

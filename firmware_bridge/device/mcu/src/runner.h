@@ -55,6 +55,8 @@ class Runner {
               uint8_t *pool, size_t pool_bytes, uint8_t *temp, size_t temp_bytes);
   // Copy `x` (float32, numel of input `index`) into the method's input.
   Status set_input(int index, const float *x, size_t numel);
+  // The element count of input `index` (0 when there is no such float input).
+  size_t input_numel(int index) const;
   Status run();
   // One adaptation step: run, then SGD on the P parameters if kept > 0 and loss is finite.
   Status step(double lr, float *loss, int *kept);
