@@ -10,6 +10,7 @@ import torch
 from tiny_training import X, made_up_mcu, tiny_ecotta
 
 import edgeadapt.export.table_room as table_room
+import edgeadapt.export.training as training
 from edgeadapt.export import TrainingRunner, check_fit, load_profile, to_training_program
 from edgeadapt.export.memory_plan import BankedPlanner, PlanBank
 from edgeadapt.export.table_room import needed_room
@@ -122,3 +123,43 @@ def test_the_plan_made_again_steps_the_same(room_programs):
     got, want = (r.parameters() for r in runners)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert any(not torch.equal(got[k], v) for k, v in start.items())  # the weights moved
+
+
+def test_a_second_try_asks_for_what_the_second_plan_lacks(monkeypatch):
+    """The tables move a little with the plan: when the plan made with the room asked for
+    still leaves too little, the exporter asks once more for what that plan lacks (plus
+    1 KiB), and gives up after that, keeping the first plan; a room no bank could hold is
+    not asked for at all. (Planning, fit and room are stand-ins here: the tiny programs
+    never land that close.)"""
+    import edgeadapt.export.executorch_program as executorch_program
+    import edgeadapt.export.fit as fit
+    import edgeadapt.export.memory_plan as memory_plan
+
+    needs = {b"first": 1_000, b"room 1000": 1_300, b"room 2324": 0}  # room each plan lacks
+    monkeypatch.setattr(
+        memory_plan, "plan_banks", lambda p, merge_contiguous: [PlanBank("A", 5_000)]
+    )
+    monkeypatch.setattr(
+        executorch_program, "planned_memory", lambda data, p, merge_contiguous: data
+    )
+    monkeypatch.setattr(table_room, "needed_room", lambda data, p: needs[data])
+    monkeypatch.setattr(
+        fit, "check_fit", lambda data, p: types.SimpleNamespace(fits=not needs[data])
+    )
+    asked = []
+
+    def emit(room):
+        asked.append(room)
+        return f"manager {room}", f"room {room}".encode()
+
+    manager, data, note = training._with_table_room(emit, "first manager", b"first", H743)
+    assert asked == [1_000, 2_324] and "2,324 B" in note
+    assert (manager, data) == ("manager 2324", b"room 2324")
+    needs[b"room 2324"] = 50  # still short after the second try: the first plan stays
+    asked.clear()
+    assert training._with_table_room(emit, "m", b"first", H743) == ("m", b"first", None)
+    assert asked == [1_000, 2_324]
+    needs[b"first"] = 6_000  # more than the largest bank: no plan could keep it
+    asked.clear()
+    assert training._with_table_room(emit, "m", b"first", H743) == ("m", b"first", None)
+    assert asked == []
