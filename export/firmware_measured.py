@@ -6,10 +6,12 @@ high-water mark and the firmware's code and .data+.bss. It writes those figures 
 `devices/firmware_<core>.json`, which ships with the profiles. The fit check then:
 
 - sizes the runtime's own tables as the 32-bit estimate (`runtime_estimate`) scaled by the
-  largest measured/estimated ratio over the measured programs: the estimate counts the right
-  items but misses per-item padding, and the ratio was stable (1.03-1.06) across programs;
+  largest measured/estimated ratio over the measured programs (at most 1.004: the estimate
+  counts the same items, and misses a little padding);
 - places the firmware's code in flash beside the constants, and its .data+.bss, stack and
-  temp allocator pool in RAM: .data+.bss at the largest measured figure, the stack and the
+  temp allocator pool in RAM: code and .data+.bss at the largest figures measured (over the
+  measured programs' builds: a program needing more kernels has more code, which is not
+  counted per program yet; EcoTTA's teacher step: 419,712 B against 302,860), the stack and the
   temp pool at what the build reserves for them (a device cannot lend out its stack reserve;
   the high-water marks are kept for the report: what a leaner build could reserve).
 
