@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeadapt.export.devices import DeviceProfile
-from edgeadapt.export.tensor_offsets import offset_plan
+from edgeadapt.export.tensor_offsets import offset_plan, overflow
 
 __all__ = ["BankedPlanner", "backend_config", "plan_banks"]
 
@@ -120,7 +120,7 @@ class BankedPlanner:
             packed = [self._pack(result, alignment, capacities) for result in results]
             if self.per_tensor_offsets:
                 packed.append(offset_plan(specs, capacities, alignment))
-            plans += [(_overflow(p[0], capacities), sum(p[0]), *p) for p in packed]
+            plans += [(overflow(p[0], capacities), sum(p[0]), *p) for p in packed]
         _, _, used, placement = min(plans, key=lambda p: (p[0], p[1]))
         for spec, (bank, obj, offset) in placement.items():
             spec.mem_id, spec.mem_obj_id, spec.mem_offset = bank + 1, obj, offset
@@ -166,10 +166,6 @@ class BankedPlanner:
                 placement[spec] = (bank, obj, used[bank] + alloc.mem_offset - lo)
             used[bank] += size
         return used, placement
-
-
-def _overflow(used: list[int], capacities: list[int]) -> int:
-    return sum(max(u - c, 0) for u, c in zip(used, capacities))
 
 
 def backend_config(profile: DeviceProfile | None, *, tight: bool = False, room: int = 0) -> Any:

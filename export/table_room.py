@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgeadapt.export.devices import DeviceProfile
-from edgeadapt.export.fit import FIRMWARE_RAM_ITEM, FitResult, check_fit
+from edgeadapt.export.fit import FIRMWARE_RAM_ITEM, check_fit
 
 __all__ = ["needed_room"]
 
@@ -33,9 +33,5 @@ def needed_room(memory: Mapping[str, Any], profile: DeviceProfile) -> int:
     fit = check_fit(memory, profile)
     if fit.fits or not all(_beside_arenas(s.item) for s in fit.shortfalls):
         return 0
-    return _room_of(fit)
-
-
-def _room_of(fit: FitResult) -> int:
-    placed = [p.bytes for p in fit.placements if _beside_arenas(p.item)]
-    return sum(placed) + sum(s.bytes for s in fit.shortfalls)
+    placed = sum(p.bytes for p in fit.placements if _beside_arenas(p.item))
+    return placed + sum(s.bytes for s in fit.shortfalls)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["offset_plan"]
+__all__ = ["offset_plan", "overflow"]
 
 
 # Orders to place tensors in, largest first; the plan with the least overflow, then the
@@ -36,18 +36,19 @@ def offset_plan(
     for spec in specs:
         spec.realign(alignment)
     own = [s for s in specs if s.storage_base is None]
-
-    def cost(plan: tuple[list[int], dict]) -> tuple[int, int]:
-        used = plan[0]
-        return sum(max(u - c, 0) for u, c in zip(used, capacities)), sum(used)
-
-    used, where = min((_placed(sorted(own, key=order), capacities) for order in ORDERS), key=cost)
+    plans = (_placed(sorted(own, key=order), capacities) for order in ORDERS)
+    used, where = min(plans, key=lambda p: (overflow(p[0], capacities), sum(p[0])))
     placement = {}
     for spec in specs:
         bank, offset = where[spec] if spec.storage_base is None else _based(spec, where)
         placement[spec] = (bank, None, offset)
     used = [(u + alignment - 1) // alignment * alignment for u in used]
     return used, placement
+
+
+def overflow(used: list[int], capacities: list[int]) -> int:
+    """Bytes a plan puts beyond its banks' capacities, over all banks."""
+    return sum(max(u - c, 0) for u, c in zip(used, capacities))
 
 
 def _placed(own: list[Any], capacities: list[int]) -> tuple[list[int], dict[Any, tuple[int, int]]]:
