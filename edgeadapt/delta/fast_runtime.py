@@ -77,6 +77,9 @@ class FastDeltaConfig:
             )
 
 
+DELTA_DTYPE = torch.int16  # the kernels' delta rows (native/fast_delta.cpp)
+
+
 def _ptr(t: Tensor) -> int:
     return t.data_ptr()
 
@@ -136,7 +139,9 @@ class _Layer:
             self.wt, self.wpack = _packed(spec.weight)
         self.mask = torch.zeros(self.npix, dtype=torch.uint8)  # output pixels to re-evaluate
         self.pix = torch.empty(self.npix, dtype=torch.int32)  # changed output pixels, ascending
-        self.delta = torch.empty(self.npix, o)  # and their delta rows
+        # and their delta rows: new k - old k, in [-255, 255]; int16 halves the traffic of
+        # float32 rows (written by one layer, read by the next, megabytes a frame)
+        self.delta = torch.empty(self.npix, o, dtype=DELTA_DTYPE)
         self.count = 0  # changed output pixels of the latest frame
         # Bias: one (O) row, or the stem's per-pixel map near the border (`_interior_bias`).
         self.bias = None if pool else spec.bias.contiguous()
@@ -215,7 +220,7 @@ class FastDeltaRuntime(nn.Module):
         self._geometry = geometry
         self.prev_frame = torch.zeros(h, w, self.plan.in_channels, dtype=torch.uint8)
         self.in_pix = torch.empty(h * w, dtype=torch.int32)
-        self.in_delta = torch.empty(h * w, self.plan.in_channels)
+        self.in_delta = torch.empty(h * w, self.plan.in_channels, dtype=DELTA_DTYPE)
 
     def reset_state(self) -> None:
         """Forget previous frames: the next frame is a dense pass (any frame size)."""

@@ -69,8 +69,9 @@ def _video(frames: int, seed: int) -> list[torch.Tensor]:
     return out
 
 
-# (16, 32): the vector kernels (channels a multiple of 16); (4, 8, 12): the scalar fallback.
-@pytest.mark.parametrize("widths", [(16, 32), (4, 8, 12)])
+# (16, 32) and (16, 32, 64): the vector kernels (channels a multiple of 16; AVX-512 has
+# kernels for 16, 32 and 64 output channels); (4, 8, 12): the scalar fallback.
+@pytest.mark.parametrize("widths", [(16, 32), (16, 32, 64), (4, 8, 12)])
 def test_bit_exact_against_dense_reference(widths):
     runtime = to_fast_delta_runtime(_model(widths), EVERY_CHANGE)
     frames = _video(300, seed=1)

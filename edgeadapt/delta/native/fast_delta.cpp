@@ -4,7 +4,12 @@
 // input changed plus their channel rows, accumulates W·Δ into a channels-last accumulator
 // with dense inner loops over output channels (one vector FMA per weight row), and hands the
 // next layer the list of pixels whose quantised output changed. Nothing scans a full map
-// except the camera frame itself.
+// except the camera frame itself. Delta rows are int16 (new k - old k, in [-255, 255]).
+//
+// At 240×320 a frame's state (accumulators, k maps, delta rows: ~70 MB for ResNet-20) does
+// not fit in the caches, so the kernels prefetch what they will read next (the next output
+// row's accumulators and k map, the delta rows a few pixels ahead) and keep the constants
+// and accumulators of 16-, 32- and 64-channel layers in registers (AVX-512 instances).
 //
 // Exactness: every value is an integer held in float32. Activations are quantiser steps k,
 // weights are integers scaled so that sum |w|·k_max <= 2^23 per output channel
@@ -93,7 +98,28 @@ inline bool store8_changed(uint8_t* p, vf8 k, vf8 dv) {
 #endif
 }
 
+// 8 deltas (integers in [-255, 255] held as floats) as int16.
+inline void store8i16(int16_t* p, vf8 dv) {
+#ifdef __AVX2__
+  __m256 dd;
+  std::memcpy(&dd, &dv, sizeof dd);
+  const __m256i d32 = _mm256_cvttps_epi32(dd);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packs_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1)));
+#else
+  for (int l = 0; l < 8; ++l) p[l] = static_cast<int16_t>(dv[l]);
+#endif
+}
+
 #ifdef __AVX512F__
+// 16 deltas as int16 (see store8i16).
+inline void store16i16(int16_t* p, vf16 dv) {
+  __m512 dd;
+  std::memcpy(&dd, &dv, sizeof dd);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtepi32_epi16(_mm512_cvttps_epi32(dd)));
+}
+
 // 16-lane uint8 helpers of the AVX-512 epilogue (other builds use load8u8/store8_changed).
 typedef uint8_t vu16 __attribute__((vector_size(16)));  // 16 activations of a uint8 k map
 typedef int32_t vi16 __attribute__((vector_size(64)));
@@ -152,18 +178,27 @@ struct RowDiv {
 
 constexpr int kMaxChannels = 4096;
 
+// The delta rows a layer reads were written by the layer before, a megabyte or more ago: out
+// of L1 and L2 by the time they are read, and the hardware prefetcher did not hide it (a
+// third of the conv's own time was that load). Fetched this many pixels ahead.
+constexpr int64_t kAhead = 24;
+inline void prefetch_rows(const int16_t* p, int64_t c) {
+  for (int64_t i = 0; i < c; i += 32) __builtin_prefetch(p + i, 0, 3);
+}
+
 // Non-zero entries of one pixel's delta row (branch-free: most rows are a few percent full,
 // and a branch per channel mispredicts). AVX-512: 16 channels per compress instruction,
 // compressed into a register and stored whole: `idx` and `val` need 16 slots beyond `c`.
 // (The compress-to-memory form is microcoded on AMD Zen 4: perf showed it as most of each
 // conv's time on the shared clips.)
-inline int nonzeros(const float* d, int64_t c, int* idx, float* val) {
+inline int nonzeros(const int16_t* d, int64_t c, int* idx, float* val) {
   int nz = 0;
   int64_t i = 0;
 #ifdef __AVX512F__
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (; i + 16 <= c; i += 16) {
-    const __m512 v = _mm512_loadu_ps(d + i);
+    const __m512 v = _mm512_cvtepi32_ps(
+        _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i))));
     const __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
     _mm512_storeu_ps(val + nz, _mm512_maskz_compress_ps(m, v));
     _mm512_storeu_si512(idx + nz, _mm512_maskz_compress_epi32(
@@ -174,7 +209,7 @@ inline int nonzeros(const float* d, int64_t c, int* idx, float* val) {
   for (; i < c; ++i) {
     idx[nz] = static_cast<int>(i);
     val[nz] = d[i];
-    nz += d[i] != 0.0f;
+    nz += d[i] != 0;
   }
   return nz;
 }
@@ -307,6 +342,9 @@ EA_CONTRACT void accumulate_run_3x3(float* acc, int64_t wo, int64_t o, int64_t r
     int m = 0;
     for (int64_t j = js[0]; j <= js[len - 1]; ++j) {
       const int64_t col = j + pad;
+      // The row the next input row opens (its r0): first touched there, so cold (the
+      // accumulators of a frame exceed the caches). 6% of the frame on the bottle clip.
+      __builtin_prefetch(row[0] + (wo + col) * o + lane, 1, 3);
       for (int d = 0; d < 3; ++d) x2[d] = loadv<vacc>(row[d] + col * o + lane);
       if (js[m] == j) {
         for (int n = off[m]; n < off[m + 1]; ++n) {
@@ -333,6 +371,147 @@ EA_CONTRACT void accumulate_run_3x3(float* acc, int64_t wo, int64_t o, int64_t r
     }
   }
 }
+
+#ifdef __AVX512F__
+// accumulate_run_3x3 for O = 16·CH output channels with every chunk in registers at once
+// (9·CH accumulators: CH <= 2 fits AVX-512's 32 registers): each entry's value and weight
+// address are read once for all chunks, and the column loop runs once instead of once per
+// chunk.
+template <int CH, int64_t O = CH * 16>
+EA_CONTRACT void accumulate_run_3x3_fixed(float* acc, int64_t wo, int64_t r0, int64_t pad,
+                                          const int64_t* js, int len, const int* off,
+                                          const int* idx, const float* val,
+                                          const float* wpack, int64_t h0 = 0) {
+  constexpr int64_t o = O;
+  const int64_t first = js[0] + pad - 2, end = js[len - 1] + pad;
+  float* row[3];
+  for (int d = 0; d < 3; ++d) row[d] = acc + (r0 - d) * wo * o + h0 * 16;
+  vf16 x0[3][CH], x1[3][CH], x2[3][CH];  // output columns col - 2, col - 1, col
+  for (int d = 0; d < 3; ++d) {
+    for (int h = 0; h < CH; ++h) {
+      x0[d][h] = loadv<vf16>(row[d] + first * o + 16 * h);
+      x1[d][h] = loadv<vf16>(row[d] + (first + 1) * o + 16 * h);
+    }
+  }
+  int m = 0;
+  for (int64_t j = js[0]; j <= js[len - 1]; ++j) {
+    const int64_t col = j + pad;
+    for (int h = 0; h < CH; ++h) __builtin_prefetch(row[0] + (wo + col) * o + 16 * h, 1, 3);
+    for (int d = 0; d < 3; ++d) {
+      for (int h = 0; h < CH; ++h) x2[d][h] = loadv<vf16>(row[d] + col * o + 16 * h);
+    }
+    if (js[m] == j) {
+      for (int n = off[m]; n < off[m + 1]; ++n) {
+        const float v = val[n];
+        const float* wp = wpack + (idx[n] * (O / 16) + h0) * (9 * 16);
+        for (int h = 0; h < CH; ++h) {
+          for (int d = 0; d < 3; ++d) {  // tap (di, dj) at di·3+dj
+            x2[d][h] += v * loadv<vf16>(wp + (h * 9 + d * 3) * 16);
+            x1[d][h] += v * loadv<vf16>(wp + (h * 9 + d * 3 + 1) * 16);
+            x0[d][h] += v * loadv<vf16>(wp + (h * 9 + d * 3 + 2) * 16);
+          }
+        }
+      }
+      ++m;
+    }
+    for (int d = 0; d < 3; ++d) {  // column col - 2 is complete for this run
+      for (int h = 0; h < CH; ++h) {
+        storev(row[d] + (col - 2) * o + 16 * h, x0[d][h]);
+        x0[d][h] = x1[d][h];
+        x1[d][h] = x2[d][h];
+      }
+    }
+  }
+  for (int d = 0; d < 3; ++d) {
+    for (int h = 0; h < CH; ++h) {
+      storev(row[d] + (end - 1) * o + 16 * h, x0[d][h]);
+      storev(row[d] + end * o + 16 * h, x1[d][h]);
+    }
+  }
+}
+#endif
+
+#ifdef __AVX512F__
+// A run of changed interior pixels of one input row i of a stride-2, pad-1 3×3 conv with O =
+// 16·CH output channels (input columns js[0] < ... < js[len-1], at most two apart; entries as
+// accumulate_run_3x3's). Input row i lands on output rows (i+1)/2 and (i-1)/2 with tap rows
+// 0 and 2 when odd, on row i/2 with tap row 1 when even (NR rows); output column c takes
+// input columns 2c-1, 2c and 2c+1 with tap columns 2, 1 and 0. The run walks its output
+// columns, each loaded and stored once, all CH chunks of NR rows in registers, with U partial
+// sums so that the FMAs do not wait on each other (a pixel at a time loaded and stored up to
+// four columns, and with one or two taps landing its FMAs ran one latency after another).
+// Returns the MACs (non-zero entries × taps that land × O).
+template <int CH, int NR>
+EA_CONTRACT int64_t accumulate_run_s2(float* acc, int64_t wo, int64_t i, const int64_t* js,
+                                      int len, const int* off, const int* idx, const float* val,
+                                      const float* wpack) {
+  constexpr int64_t o = CH * 16;
+  constexpr int U = NR * CH >= 4 ? 1 : 4 / (NR * CH);
+  float* row[NR];
+  int trow[NR];
+  for (int a = 0; a < NR; ++a) {
+    const int64_t r = NR == 2 ? (i + 1) / 2 - a : i / 2;  // NR == 2: rows (i+1)/2, (i-1)/2
+    row[a] = acc + r * wo * o;
+    trow[a] = NR == 2 ? 2 * a : 1;
+  }
+  const int64_t c0 = js[0] >> 1, c1 = (js[len - 1] + 1) >> 1;
+  int64_t macs = 0;
+  for (int m = 0; m < len; ++m) macs += int64_t(off[m + 1] - off[m]) * NR * (1 + (js[m] & 1));
+  int m0 = 0;  // first pixel of the run with column >= 2c - 1
+  for (int64_t c = c0; c <= c1; ++c) {
+    vf16 y[U][NR][CH];
+    for (int a = 0; a < NR; ++a) {
+      for (int h = 0; h < CH; ++h) {
+        y[0][a][h] = loadv<vf16>(row[a] + c * o + h * 16);
+        for (int u = 1; u < U; ++u) y[u][a][h] = vf16{};
+      }
+    }
+    while (m0 < len && js[m0] < 2 * c - 1) ++m0;
+    for (int m = m0; m < len && js[m] <= 2 * c + 1; ++m) {
+      const int dj = static_cast<int>(js[m] - 2 * c + 1);
+      int n = off[m];
+      auto add = [&](int u, int nn) {
+        const float v = val[nn];
+        const float* wp = wpack + idx[nn] * CH * 9 * 16;
+        for (int a = 0; a < NR; ++a) {
+          for (int h = 0; h < CH; ++h) {
+            y[u][a][h] += v * loadv<vf16>(wp + (h * 9 + trow[a] * 3 + dj) * 16);
+          }
+        }
+      };
+      for (; n + U <= off[m + 1]; n += U) {
+        for (int u = 0; u < U; ++u) add(u, n + u);
+      }
+      for (; n < off[m + 1]; ++n) add(0, n);
+    }
+    for (int a = 0; a < NR; ++a) {
+      for (int h = 0; h < CH; ++h) {
+        for (int u = 1; u < U; ++u) y[0][a][h] += y[u][a][h];
+        storev(row[a] + c * o + h * 16, y[0][a][h]);
+      }
+    }
+  }
+  return macs * o;
+}
+
+// accumulate_run_s2 for this run's rows and chunks; -1 where it has no instance (O not 16,
+// 32 or 64: the caller takes the pixels one at a time).
+inline int64_t accumulate_run_s2_any(int64_t o, float* acc, int64_t wo, int64_t i,
+                                     const int64_t* js, int len, const int* off, const int* idx,
+                                     const float* val, const float* wpack) {
+  const bool two = i & 1;
+#define EA_S2(CH)                                                                         \
+  return two ? accumulate_run_s2<CH, 2>(acc, wo, i, js, len, off, idx, val, wpack)        \
+             : accumulate_run_s2<CH, 1>(acc, wo, i, js, len, off, idx, val, wpack)
+  switch (o) {
+    case 16: EA_S2(1);
+    case 32: EA_S2(2);
+    case 64: EA_S2(4);
+    default: return -1;
+  }
+#undef EA_S2
+}
+#endif
 
 EA_CONTRACT void accumulate_any(float* const* rows, const int* taps, int nv, const float* wpack,
                                 int64_t ntaps, int64_t o, int nz, const int* idx,
@@ -381,7 +560,7 @@ constexpr int64_t kGroupWeightBytes = int64_t{512} << 10;
 // accumulator rows (a few hundred KB in the layers this is for) stay in L2. The sums are
 // exact in any order (integers below 2^24), so the result is the same bit for bit. Marks
 // every output pixel that received something. Returns the MACs, or -2 for an unordered list.
-EA_CONTRACT int64_t accumulate_blocked(const int32_t* pin, const float* din, int64_t np,
+EA_CONTRACT int64_t accumulate_blocked(const int32_t* pin, const int16_t* din, int64_t np,
                                        int64_t c, int64_t w, int64_t ho, int64_t wo, int64_t k,
                                        int64_t stride, int64_t pad, const float* wpack,
                                        int64_t o, float* acc, uint8_t* mask, const RowDiv& div) {
@@ -456,7 +635,7 @@ struct Epilogue {
   // Output pixel q of row i, column j: k = min(round(max(v, 0)·(1/q)), kmax) with
   // v = acc·scale + bias [+ shortcut]; writes the delta row to d and k into kmap; true if
   // k changed. `sc` is scratch for a padded shortcut (zero outside its channels).
-  bool run(int64_t q, int64_t i, int64_t j, float* d, float* sc, uint8_t* kn) const {
+  bool run(int64_t q, int64_t i, int64_t j, int16_t* d, float* sc, uint8_t* kn) const {
     const float* a = acc + q * o;
     const float* b = bias;
     if (bias_map &&
@@ -492,7 +671,7 @@ struct Epilogue {
         v = (v + magic) - magic;
         v = v < vmax ? v : vmax;
         const vf16 dv = v - load16u8(km + c);
-        storev(d + c, dv);
+        store16i16(d + c, dv);
         const vi16 lane_moved = dv != zero;
         moved |= lane_moved;
         store_u8_where(km + c, to_u8(v), lane_moved);
@@ -508,7 +687,7 @@ struct Epilogue {
       v = v > 0.0f ? v : 0.0f;
       v = std::min(std::nearbyint(v * inv_step[c]), kmax);
       kn[c] = static_cast<uint8_t>(v);
-      d[c] = v - static_cast<float>(km[c]);
+      d[c] = static_cast<int16_t>(v - static_cast<float>(km[c]));
       changed |= kn[c] != km[c];
     }
     if (changed) std::memcpy(km, kn, o);
@@ -517,7 +696,7 @@ struct Epilogue {
 
   // The vector epilogue without AVX-512: the same arithmetic, 8 lanes at a time (16-lane
   // vectors spill AVX2's registers, and GCC lowers their uint8 conversions lane by lane).
-  bool run8(const float* a, const float* b, const uint8_t* s, uint8_t* km, float* d,
+  bool run8(const float* a, const float* b, const uint8_t* s, uint8_t* km, int16_t* d,
             const float* sc) const {
     const vf8 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
     bool moved = false;
@@ -534,35 +713,138 @@ struct Epilogue {
       v = (v + magic) - magic;  // round half to even, as above
       v = v < vmax ? v : vmax;
       const vf8 dv = v - load8u8(km + c);
-      storev(d + c, dv);
+      store8i16(d + c, dv);
       moved |= store8_changed(km + c, v, dv);
     }
     return moved;
   }
 
-  // The epilogue at each marked pixel of output row r (every pixel if `all`), 8 marks at a
-  // time; appends the changed ones to pix_out / delta_out from index n, returns the new n.
+  // The epilogue at each marked pixel of output row r (every pixel if `all`), 64 marks at a
+  // time as a bit mask walked bit by bit: a test per pixel mispredicted on maps half
+  // changed. Appends the changed ones to pix_out / delta_out from index n (written for every
+  // pixel, kept by advancing n: no branch on the outcome either), returns the new n.
   // Not inlined into the conv: that one is built with fp-contract=fast (its integer sums are
   // exact either way), and an FMA here would round differently from the reference.
   __attribute__((noinline)) int64_t finish_row(int64_t r, bool all, uint8_t* mask,
-                                               int32_t* pix_out, float* delta_out, int64_t n,
+                                               int32_t* pix_out, int16_t* delta_out, int64_t n,
                                                float* sc, uint8_t* kn) const {
     const int64_t q0 = r * wo;
-    for (int64_t jj = 0; jj < wo; jj += 8) {
-      if (!all && jj + 8 <= wo) {
-        uint64_t m8;
-        std::memcpy(&m8, mask + q0 + jj, 8);
-        if (!m8) continue;
+    for (int64_t jj = 0; jj < wo; jj += 64) {
+      const int64_t len = std::min<int64_t>(64, wo - jj);
+      uint64_t bits = len == 64 ? ~uint64_t{0} : (uint64_t{1} << len) - 1;
+      if (!all) {
+        bits = marked(mask + q0 + jj, len);
+        if (!bits) continue;
+        std::memset(mask + q0 + jj, 0, len);
       }
-      const int64_t j1 = std::min(jj + 8, wo);
-      for (int64_t j = jj; j < j1; ++j) {
-        const int64_t q = q0 + j;
-        if (!all && !mask[q]) continue;
-        mask[q] = 0;
-        if (run(q, r, j, delta_out + n * o, sc, kn)) pix_out[n++] = static_cast<int32_t>(q);
+      prefetch_next_kmap(q0, jj, len);
+      while (bits) {
+        const int64_t j = jj + __builtin_ctzll(bits);
+        bits &= bits - 1;
+        pix_out[n] = static_cast<int32_t>(q0 + j);
+        n += run(q0 + j, r, j, delta_out + n * o, sc, kn);
       }
     }
     return n;
+  }
+
+#ifdef __AVX512F__
+  // finish_row for O = 16·CH channels, one bias row and no shortcut or one read directly
+  // (`fixed`): the per-channel constants stay in registers for the whole row instead of
+  // being loaded, and the layer's options tested, at every pixel. Same arithmetic as run(),
+  // in the same order.
+  template <int CH>
+  __attribute__((noinline)) int64_t finish_row_fixed(int64_t r, bool all, uint8_t* mask,
+                                                     int32_t* pix_out, int16_t* delta_out,
+                                                     int64_t n) const {
+    vf16 vs[CH], vb[CH], vq[CH], vsq[CH];
+    for (int h = 0; h < CH; ++h) {
+      vs[h] = loadv<vf16>(scale + 16 * h);
+      vb[h] = loadv<vf16>(bias + 16 * h);
+      vq[h] = loadv<vf16>(inv_step + 16 * h);
+      vsq[h] = sck ? loadv<vf16>(scq + 16 * h) : vf16{};
+    }
+    const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
+    const bool same_grid = sc_stride == 1 && sc_w == wo;
+    const int64_t q0 = r * wo;
+    for (int64_t jj = 0; jj < wo; jj += 64) {
+      const int64_t len = std::min<int64_t>(64, wo - jj);
+      uint64_t bits = len == 64 ? ~uint64_t{0} : (uint64_t{1} << len) - 1;
+      if (!all) {
+        bits = marked(mask + q0 + jj, len);
+        if (!bits) continue;
+        std::memset(mask + q0 + jj, 0, len);
+      }
+      prefetch_next_kmap(q0, jj, len);
+      while (bits) {
+        const int64_t j = jj + __builtin_ctzll(bits);
+        bits &= bits - 1;
+        const int64_t q = q0 + j;
+        const float* a = acc + q * o;
+        uint8_t* km = kmap + q * o;
+        int16_t* d = delta_out + n * o;
+        const uint8_t* sk =
+            sck ? sck + (same_grid ? q : (r * sc_stride) * sc_w + j * sc_stride) * sc_c : nullptr;
+        vi16 moved = {};
+        for (int h = 0; h < CH; ++h) {
+          vf16 v = loadv<vf16>(a + 16 * h) * vs[h];
+          v = v + vb[h];
+          if (sk) v = v + load16u8(sk + 16 * h) * vsq[h];
+          v = v > zero ? v : zero;
+          v = v * vq[h];
+          v = (v + magic) - magic;  // round half to even, as run()
+          v = v < vmax ? v : vmax;
+          const vf16 dv = v - load16u8(km + 16 * h);
+          store16i16(d + 16 * h, dv);
+          const vi16 lane_moved = dv != zero;
+          moved |= lane_moved;
+          store_u8_where(km + 16 * h, to_u8(v), lane_moved);
+        }
+        pix_out[n] = static_cast<int32_t>(q);
+        n += any_lane(moved);
+      }
+    }
+    return n;
+  }
+
+  // finish_row through finish_row_fixed where the layer allows it.
+  int64_t finish_row_any(int64_t r, bool all, uint8_t* mask, int32_t* pix_out,
+                         int16_t* delta_out, int64_t n, float* sc, uint8_t* kn) const {
+    if (!bias_map && (!sck || sc_direct)) {
+      switch (o) {
+        case 16: return finish_row_fixed<1>(r, all, mask, pix_out, delta_out, n);
+        case 32: return finish_row_fixed<2>(r, all, mask, pix_out, delta_out, n);
+        case 64: return finish_row_fixed<4>(r, all, mask, pix_out, delta_out, n);
+        default: break;
+      }
+    }
+    return finish_row(r, all, mask, pix_out, delta_out, n, sc, kn);
+  }
+#else
+  int64_t finish_row_any(int64_t r, bool all, uint8_t* mask, int32_t* pix_out,
+                         int16_t* delta_out, int64_t n, float* sc, uint8_t* kn) const {
+    return finish_row(r, all, mask, pix_out, delta_out, n, sc, kn);
+  }
+#endif
+
+  // The k map of the next row's pixels [jj, jj + len), cold (the maps of a frame exceed the
+  // caches); the epilogue reads and writes it a row later.
+  void prefetch_next_kmap(int64_t q0, int64_t jj, int64_t len) const {
+    const uint8_t* next = kmap + (q0 + wo + jj) * o;
+    for (int64_t b = 0; b < len * o; b += 64) __builtin_prefetch(next + b, 1, 3);
+  }
+
+  // Bit b set where mask[b] != 0, for b < len <= 64.
+  static uint64_t marked(const uint8_t* mask, int64_t len) {
+#if defined(__AVX512BW__)
+    const __mmask64 in = len == 64 ? ~__mmask64{0} : (__mmask64{1} << len) - 1;
+    const __m512i v = _mm512_maskz_loadu_epi8(in, mask);
+    return _mm512_test_epi8_mask(v, v);
+#else
+    uint64_t bits = 0;
+    for (int64_t b = 0; b < len; ++b) bits |= uint64_t{mask[b] != 0} << b;
+    return bits;
+#endif
   }
 };
 
@@ -571,13 +853,13 @@ struct Epilogue {
 extern "C" {
 
 // Compare a uint8 channels-last frame with the previous one; list the changed pixels, their
-// per-channel deltas (as floats) and update `prev`. Returns the number of changed pixels.
+// per-channel deltas (int16) and update `prev`. Returns the number of changed pixels.
 // A pixel counts as changed when some channel moved by more than `threshold` levels from the
 // value `prev` holds for it; an unchanged pixel keeps its held value (not the new one), so
 // small drifts (codec noise) add up until they cross the threshold instead of being lost.
 // `prev` is then exactly the frame the network has seen. threshold 0: any change.
 int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int64_t c,
-                          int32_t* pix, float* delta, int64_t threshold) {
+                          int32_t* pix, int16_t* delta, int64_t threshold) {
   int64_t n = 0;
   for (int64_t p = 0; p < npix; ++p) {
     const uint8_t* f = frame + p * c;
@@ -592,7 +874,7 @@ int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int
       if (most <= threshold) continue;
     }
     for (int64_t i = 0; i < c; ++i) {
-      delta[n * c + i] = static_cast<float>(f[i]) - static_cast<float>(g[i]);
+      delta[n * c + i] = static_cast<int16_t>(int(f[i]) - int(g[i]));
       g[i] = f[i];
     }
     pix[n++] = static_cast<int32_t>(p);
@@ -605,7 +887,7 @@ int64_t ea_frame_delta_u8(const uint8_t* frame, uint8_t* prev, int64_t npix, int
 namespace {
 // conv_impl<true> (ea_conv_post): one conv of the delta runtime, fused with its epilogue:
 //   acc += conv2d(Δ) for the P changed input pixels `pin` (ascending) with delta rows
-//   `din` (P, C); then at every output pixel that received something or is marked in
+//   `din` (P, C), int16; then at every output pixel that received something or is marked in
 //   `mask` (a shortcut's change, ea_mark_shortcut; every pixel if `all`) the epilogue
 //   v = acc·scale + bias [+ k_in·q_in of the shortcut]; k = min(round(max(v, 0)·(1/q)), kmax)
 // (the order of the PyTorch reference, fast_plan.reference_forward). k maps are uint8
@@ -626,12 +908,12 @@ namespace {
 // than 4096 channels, a kernel over 7×7 or a map too large; -2 if `pin` is not ascending.
 template <bool POST>
 EA_CONTRACT int64_t conv_impl(
-    const int32_t* pin, const float* din, int64_t np, int64_t c, int64_t w, int64_t ho,
+    const int32_t* pin, const int16_t* din, int64_t np, int64_t c, int64_t w, int64_t ho,
     int64_t wo, int64_t k, int64_t stride, int64_t pad, const float* wt, const float* wpack,
     int64_t o, float* acc, uint8_t* mask, int32_t all, const float* scale, const float* bias,
     const float* bias_map, int64_t border, const uint8_t* sck, int64_t sc_c, int64_t sc_w,
     int64_t sc_stride, int64_t sc_front, const float* scq, const float* inv_step, float kmax,
-    uint8_t* kmap, int32_t* pix_out, float* delta_out, int64_t* count) {
+    uint8_t* kmap, int32_t* pix_out, int16_t* delta_out, int64_t* count) {
   *count = 0;
   if (c > kMaxChannels || o > kMaxChannels || k * k > 49) return -1;
   if (sc_front < 0 || sc_front + sc_c > o || kmax > 255.0f || stride < 1) return -1;
@@ -647,7 +929,7 @@ EA_CONTRACT int64_t conv_impl(
   int64_t n = 0, rows_done = 0;
   auto finish_rows = [&](int64_t upto) {
     for (; rows_done < upto; ++rows_done) {
-      n = epi.finish_row(rows_done, all, mask, pix_out, delta_out, n, sc, kn);
+      n = epi.finish_row_any(rows_done, all, mask, pix_out, delta_out, n, sc, kn);
     }
   };
   int idx[kMaxChannels + 16];  // + 16: nonzeros stores whole vectors
@@ -663,12 +945,18 @@ EA_CONTRACT int64_t conv_impl(
   float rval[kRunBuffer + 16];
   int64_t rjs[kRunPixels];
   const bool runs = vec && k == 3 && stride == 1;
+#ifdef __AVX512F__
+  const bool runs2 = vec && k == 3 && stride == 2 && pad == 1 && (o == 16 || o == 32 || o == 64);
+#else
+  const bool runs2 = false;
+#endif
   if (vec && c * o * taps * 4 > kBlockedWeightBytes) {
     macs = accumulate_blocked(pin, din, np, c, w, ho, wo, k, stride, pad, wpack, o, acc, mask, div);
     if (macs < 0) return macs;
     np = 0;  // accumulated: the loop below only finishes rows
   }
   auto interior = [&](int64_t i, int64_t j) {  // every tap of input pixel (i, j) lands
+    if (stride == 2) return i >= 1 && (i + 1) / 2 < ho && j >= 1 && (j + 1) / 2 < wo;
     return i + pad - k + 1 >= 0 && i + pad < ho && j + pad - k + 1 >= 0 && j + pad < wo;
   };
   for (int64_t p = 0, next = 1; p < np; p = next, next = p + 1) {
@@ -680,7 +968,7 @@ EA_CONTRACT int64_t conv_impl(
       const int64_t reach = i + pad - k;
       if (POST && reach >= 0) finish_rows(std::min(ho, reach / stride + 1));
     }
-    if (runs && interior(i, j)) {  // this pixel and the next ones of its row, as one run
+    if ((runs || runs2) && interior(i, j)) {  // this pixel and the next ones of its row, as one run
       int len = 0;
       roff[0] = 0;
       for (int64_t q = p; q < np && len < kRunPixels; ++q) {
@@ -692,6 +980,7 @@ EA_CONTRACT int64_t conv_impl(
         }
         last = f;
         next = q + 1;
+        prefetch_rows(din + (q + kAhead) * c, c);
         const int nz = nonzeros(din + q * c, c, ridx + roff[len], rval + roff[len]);
         if (!nz) continue;
         rjs[len] = jq;
@@ -699,12 +988,40 @@ EA_CONTRACT int64_t conv_impl(
         ++len;
       }
       if (!len) continue;
+#ifdef __AVX512F__
+      if (runs2) {  // stride 2 (pad 1): output rows (i+1)/2 and (i-1)/2 or i/2
+        macs += accumulate_run_s2_any(o, acc, wo, i, rjs, len, roff, ridx, rval, wpack);
+        const int64_t first = rjs[0] >> 1, end = (rjs[len - 1] + 1) >> 1;
+        for (int64_t r = (i - 1) >> 1; r <= (i + 1) >> 1; ++r) {
+          if (r * 2 - 1 <= i && i <= r * 2 + 1) {
+            std::memset(mask + r * wo + first, 1, end - first + 1);
+          }
+        }
+        continue;
+      }
+#endif
+#ifdef __AVX512F__
+      if (o == 16) {
+        accumulate_run_3x3_fixed<1>(acc, wo, i + pad, pad, rjs, len, roff, ridx, rval, wpack);
+      } else if (o == 32) {
+        accumulate_run_3x3_fixed<2>(acc, wo, i + pad, pad, rjs, len, roff, ridx, rval, wpack);
+      } else if (o == 64) {  // two chunks at a time (four would need 36 registers)
+        for (int64_t h0 = 0; h0 < 4; h0 += 2) {
+          accumulate_run_3x3_fixed<2, 64>(acc, wo, i + pad, pad, rjs, len, roff, ridx, rval,
+                                          wpack, h0);
+        }
+      } else {
+        accumulate_run_3x3(acc, wo, o, i + pad, pad, rjs, len, roff, ridx, rval, wpack);
+      }
+#else
       accumulate_run_3x3(acc, wo, o, i + pad, pad, rjs, len, roff, ridx, rval, wpack);
+#endif
       const int64_t first = rjs[0] + pad - 2, end = rjs[len - 1] + pad;
       for (int64_t d = 0; d < 3; ++d) std::memset(mask + (i + pad - d) * wo + first, 1, end - first + 1);
       macs += static_cast<int64_t>(roff[len]) * taps * o;
       continue;
     }
+    prefetch_rows(din + (p + kAhead) * c, c);
     const int nz = nonzeros(din + p * c, c, idx, val);
     if (!nz) continue;
     if (vec && k == 3 && stride == 2 && pad == 1 && i >= 1 && (i + 1) / 2 < ho && j >= 1 &&
@@ -762,12 +1079,12 @@ extern "C" {
 // The fused conv and epilogue (conv_impl<true>; the accumulate-only variant below differs by
 // compile-time branches, so this one compiles as it did before that variant existed).
 EA_CONTRACT int64_t ea_conv_post(
-    const int32_t* pin, const float* din, int64_t np, int64_t c, int64_t w, int64_t ho,
+    const int32_t* pin, const int16_t* din, int64_t np, int64_t c, int64_t w, int64_t ho,
     int64_t wo, int64_t k, int64_t stride, int64_t pad, const float* wt, const float* wpack,
     int64_t o, float* acc, uint8_t* mask, int32_t all, const float* scale, const float* bias,
     const float* bias_map, int64_t border, const uint8_t* sck, int64_t sc_c, int64_t sc_w,
     int64_t sc_stride, int64_t sc_front, const float* scq, const float* inv_step, float kmax,
-    uint8_t* kmap, int32_t* pix_out, float* delta_out, int64_t* count) {
+    uint8_t* kmap, int32_t* pix_out, int16_t* delta_out, int64_t* count) {
   return conv_impl<true>(pin, din, np, c, w, ho, wo, k, stride, pad, wt, wpack, o, acc, mask,
                          all, scale, bias, bias_map, border, sck, sc_c, sc_w, sc_stride,
                          sc_front, scq, inv_step, kmax, kmap, pix_out, delta_out, count);
@@ -778,7 +1095,7 @@ EA_CONTRACT int64_t ea_conv_post(
 // conv into the same accumulator (a ResNet block's downsample conv, on integer weights that
 // share the layer's scale); the layer's ea_conv_post then finishes the marked pixels.
 // Returns the MACs performed, or ea_conv_post's error codes.
-EA_CONTRACT int64_t ea_conv_acc(const int32_t* pin, const float* din, int64_t np, int64_t c,
+EA_CONTRACT int64_t ea_conv_acc(const int32_t* pin, const int16_t* din, int64_t np, int64_t c,
                                 int64_t w, int64_t ho, int64_t wo, int64_t k, int64_t stride,
                                 int64_t pad, const float* wt, const float* wpack, int64_t o,
                                 float* acc, uint8_t* mask) {
@@ -854,13 +1171,13 @@ extern "C" {
 // over its window again from the (already updated) source map `src`. Windows cut by padding
 // take the max over the pixels they hold (as PyTorch's -inf padding does; k >= 0, and every
 // window holds one when pad <= k / 2). Output as ea_conv_post's: changed pixels ascending in
-// `pix_out`, their delta rows (new - old k, as floats) in `delta_out`, `kmap` updated, marks
+// `pix_out`, their delta rows (new - old k, int16) in `delta_out`, `kmap` updated, marks
 // cleared. Returns 0 (no MACs); -1 for more than 4096 channels or pad > k / 2; -2 if `pin`
 // is not ascending.
 int64_t ea_maxpool_delta(const int32_t* pin, int64_t np, const uint8_t* src, int64_t h,
                          int64_t w, int64_t c, int64_t k, int64_t stride, int64_t pad,
                          int64_t ho, int64_t wo, uint8_t* mask, int32_t all, uint8_t* kmap,
-                         int32_t* pix_out, float* delta_out, int64_t* count) {
+                         int32_t* pix_out, int16_t* delta_out, int64_t* count) {
   *count = 0;
   if (c > kMaxChannels || stride < 1 || k < 1 || 2 * pad > k) return -1;
   int64_t rmin = all ? 0 : ho, rmax = all ? ho - 1 : -1, last = -1;
@@ -892,8 +1209,8 @@ int64_t ea_maxpool_delta(const int32_t* pin, int64_t np, const uint8_t* src, int
       const int64_t j1 = std::min(w, q * stride - pad + k);
       uint8_t* km = kmap + out * c;
       if (!window_max(src, w, c, i0, i1, j0, j1, m, km)) continue;
-      float* d = delta_out + n * c;
-      for (int64_t ch = 0; ch < c; ++ch) d[ch] = float(m[ch]) - float(km[ch]);
+      int16_t* d = delta_out + n * c;
+      for (int64_t ch = 0; ch < c; ++ch) d[ch] = static_cast<int16_t>(int(m[ch]) - int(km[ch]));
       std::memcpy(km, m, c);
       pix_out[n++] = static_cast<int32_t>(out);
     }
