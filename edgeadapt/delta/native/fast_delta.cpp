@@ -343,7 +343,7 @@ EA_CONTRACT void accumulate_run_3x3(float* acc, int64_t wo, int64_t o, int64_t r
     for (int64_t j = js[0]; j <= js[len - 1]; ++j) {
       const int64_t col = j + pad;
       // The row the next input row opens (its r0): first touched there, so cold (the
-      // accumulators of a frame exceed the caches). 6% of the frame on the bottle clip.
+      // accumulators of a frame exceed the caches).
       __builtin_prefetch(row[0] + (wo + col) * o + lane, 1, 3);
       for (int d = 0; d < 3; ++d) x2[d] = loadv<vacc>(row[d] + col * o + lane);
       if (js[m] == j) {
