@@ -182,8 +182,19 @@ constexpr int kMaxChannels = 4096;
 // of L1 and L2 by the time they are read, and the hardware prefetcher did not hide it (a
 // third of the conv's own time was that load). Fetched this many pixels ahead.
 constexpr int64_t kAhead = 24;
-inline void prefetch_rows(const int16_t* p, int64_t c) {
-  for (int64_t i = 0; i < c; i += 32) __builtin_prefetch(p + i, 0, 3);
+
+// Prefetch the cache line `bytes` past `base` (RW = 1: to be written). Computed as an
+// integer: the address may lie past the end of its buffer (the last row's next row), which
+// prefetching allows but pointer arithmetic would not.
+template <int RW = 1>
+inline void prefetch_at(const void* base, int64_t bytes) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(bytes);
+  __builtin_prefetch(reinterpret_cast<const void*>(at), RW, 3);
+}
+
+// The delta row of pixel q + kAhead (rows of c int16).
+inline void prefetch_rows(const int16_t* din, int64_t q, int64_t c) {
+  for (int64_t i = 0; i < c; i += 32) prefetch_at<0>(din, ((q + kAhead) * c + i) * 2);
 }
 
 // Non-zero entries of one pixel's delta row (branch-free: most rows are a few percent full,
@@ -344,7 +355,7 @@ EA_CONTRACT void accumulate_run_3x3(float* acc, int64_t wo, int64_t o, int64_t r
       const int64_t col = j + pad;
       // The row the next input row opens (its r0): first touched there, so cold (the
       // accumulators of a frame exceed the caches).
-      __builtin_prefetch(row[0] + (wo + col) * o + lane, 1, 3);
+      prefetch_at(row[0], ((wo + col) * o + lane) * 4);
       for (int d = 0; d < 3; ++d) x2[d] = loadv<vacc>(row[d] + col * o + lane);
       if (js[m] == j) {
         for (int n = off[m]; n < off[m + 1]; ++n) {
@@ -396,7 +407,7 @@ EA_CONTRACT void accumulate_run_3x3_fixed(float* acc, int64_t wo, int64_t r0, in
   int m = 0;
   for (int64_t j = js[0]; j <= js[len - 1]; ++j) {
     const int64_t col = j + pad;
-    for (int h = 0; h < CH; ++h) __builtin_prefetch(row[0] + (wo + col) * o + 16 * h, 1, 3);
+    for (int h = 0; h < CH; ++h) prefetch_at(row[0], ((wo + col) * o + 16 * h) * 4);
     for (int d = 0; d < 3; ++d) {
       for (int h = 0; h < CH; ++h) x2[d][h] = loadv<vf16>(row[d] + col * o + 16 * h);
     }
@@ -830,8 +841,7 @@ struct Epilogue {
   // The k map of the next row's pixels [jj, jj + len), cold (the maps of a frame exceed the
   // caches); the epilogue reads and writes it a row later.
   void prefetch_next_kmap(int64_t q0, int64_t jj, int64_t len) const {
-    const uint8_t* next = kmap + (q0 + wo + jj) * o;
-    for (int64_t b = 0; b < len * o; b += 64) __builtin_prefetch(next + b, 1, 3);
+    for (int64_t b = 0; b < len * o; b += 64) prefetch_at(kmap, (q0 + wo + jj) * o + b);
   }
 
   // Bit b set where mask[b] != 0, for b < len <= 64.
@@ -980,7 +990,7 @@ EA_CONTRACT int64_t conv_impl(
         }
         last = f;
         next = q + 1;
-        prefetch_rows(din + (q + kAhead) * c, c);
+        prefetch_rows(din, q, c);
         const int nz = nonzeros(din + q * c, c, ridx + roff[len], rval + roff[len]);
         if (!nz) continue;
         rjs[len] = jq;
@@ -1021,7 +1031,7 @@ EA_CONTRACT int64_t conv_impl(
       macs += static_cast<int64_t>(roff[len]) * taps * o;
       continue;
     }
-    prefetch_rows(din + (p + kAhead) * c, c);
+    prefetch_rows(din, p, c);
     const int nz = nonzeros(din + p * c, c, idx, val);
     if (!nz) continue;
     if (vec && k == 3 && stride == 2 && pad == 1 && i >= 1 && (i + 1) / 2 < ho && j >= 1 &&
