@@ -16,7 +16,7 @@ the fraction of output pixels that changed. Then a separate exactness pass: a fr
 dense PyTorch reference (`fast_reference_forward`: the same integer model, evaluated densely),
 and every layer's map every 25 frames.
 
-    OMP_NUM_THREADS=1 python benchmarks/delta/fast_run.py                   # ~18 min
+    OMP_NUM_THREADS=1 python benchmarks/delta/fast_run.py                   # ~12 min
     OMP_NUM_THREADS=1 python benchmarks/delta/fast_run.py --frames 150 --exact-frames 0  # quick
 
 --model picks another backbone the runtime lowers, with its 10-class --checkpoint: e.g.
