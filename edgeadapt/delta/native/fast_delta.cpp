@@ -6,8 +6,8 @@
 // next layer the list of pixels whose quantised output changed. Nothing scans a full map
 // except the camera frame itself. Delta rows are int16 (new k - old k, in [-255, 255]).
 //
-// At 240×320 a frame's state (accumulators, k maps, delta rows: ~70 MB for ResNet-20) does
-// not fit in the caches, so the kernels prefetch what they will read next (the next output
+// At 240×320 a frame's state (accumulators and k maps: ~70 MB for ResNet-20; delta rows)
+// does not fit in the caches, so the kernels prefetch what they will read next (the next output
 // row's accumulators and k map, the delta rows a few pixels ahead) and keep the constants
 // and accumulators of 16-, 32- and 64-channel layers in registers (AVX-512 instances).
 //
