@@ -162,6 +162,24 @@ inline bool any_lane(vi16 m) {
   std::memcpy(&w, &m, sizeof w);
   return _mm512_test_epi32_mask(w, w) != 0;
 }
+
+// The epilogue's tail for 16 channels, from v = acc·scale + bias [+ shortcut]:
+// k = min(round(max(v, 0)·inv_step), kmax); writes k - old k to d and k over the old k in km
+// (only the lanes that changed: a staging buffer read back through narrower loads stalled
+// store-to-load forwarding). Returns the lanes that changed.
+inline vi16 requantise16(vf16 v, vf16 inv_step, vf16 vmax, uint8_t* km, int16_t* d) {
+  const vf16 zero = {}, magic = zero + 8388608.0f;
+  v = v > zero ? v : zero;
+  v = v * inv_step;
+  // Round half to even: exact for 0 <= v < 2^23; larger v clamp to kmax either way.
+  v = (v + magic) - magic;
+  v = v < vmax ? v : vmax;
+  const vf16 dv = v - load16u8(km);
+  store16i16(d, dv);
+  const vi16 lane_moved = dv != zero;
+  store_u8_where(km, to_u8(v), lane_moved);
+  return lane_moved;
+}
 #endif
 
 
@@ -646,6 +664,12 @@ struct Epilogue {
   // Output pixel q of row i, column j: k = min(round(max(v, 0)·(1/q)), kmax) with
   // v = acc·scale + bias [+ shortcut]; writes the delta row to d and k into kmap; true if
   // k changed. `sc` is scratch for a padded shortcut (zero outside its channels).
+  // The shortcut's k row read at output pixel q = (i, j), or null without a shortcut.
+  const uint8_t* shortcut_at(int64_t q, int64_t i, int64_t j) const {
+    if (!sck) return nullptr;
+    return sck + (sc_stride == 1 && sc_w == wo ? q : (i * sc_stride) * sc_w + j * sc_stride) * sc_c;
+  }
+
   bool run(int64_t q, int64_t i, int64_t j, int16_t* d, float* sc, uint8_t* kn) const {
     const float* a = acc + q * o;
     const float* b = bias;
@@ -653,9 +677,7 @@ struct Epilogue {
         (border < 0 || i < border || j < border || i >= ho - border || j >= wo - border)) {
       b = bias_map + q * o;
     }
-    const uint8_t* s =
-        sck ? sck + (sc_stride == 1 && sc_w == wo ? q : (i * sc_stride) * sc_w + j * sc_stride) * sc_c
-            : nullptr;
+    const uint8_t* s = shortcut_at(q, i, j);
     if (sck && !sc_direct) {
       for (int64_t c = 0; c < sc_c; ++c) sc[sc_front + c] = static_cast<float>(s[c]) * scq[c];
     }
@@ -664,9 +686,7 @@ struct Epilogue {
 #ifndef __AVX512F__
       return run8(a, b, s, km, d, sc);
 #else
-      // Compare in registers and write k back in place, only the lanes that changed: a
-      // staging buffer read back through narrower loads stalled store-to-load forwarding.
-      const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
+      const vf16 vmax = vf16{} + kmax;
       vi16 moved = {};
       for (int64_t c = 0; c < o; c += 16) {
         vf16 v = loadv<vf16>(a + c) * loadv<vf16>(scale + c);
@@ -676,16 +696,7 @@ struct Epilogue {
         } else if (sck) {
           v = v + loadv<vf16>(sc + c);
         }
-        v = v > zero ? v : zero;
-        v = v * loadv<vf16>(inv_step + c);
-        // Round half to even: exact for 0 <= v < 2^23; larger v clamp to kmax either way.
-        v = (v + magic) - magic;
-        v = v < vmax ? v : vmax;
-        const vf16 dv = v - load16u8(km + c);
-        store16i16(d + c, dv);
-        const vi16 lane_moved = dv != zero;
-        moved |= lane_moved;
-        store_u8_where(km + c, to_u8(v), lane_moved);
+        moved |= requantise16(v, loadv<vf16>(inv_step + c), vmax, km + c, d + c);
       }
       return any_lane(moved);
 #endif
@@ -730,15 +741,11 @@ struct Epilogue {
     return moved;
   }
 
-  // The epilogue at each marked pixel of output row r (every pixel if `all`), 64 marks at a
-  // time as a bit mask walked bit by bit: a test per pixel mispredicted on maps half
-  // changed. Appends the changed ones to pix_out / delta_out from index n (written for every
-  // pixel, kept by advancing n: no branch on the outcome either), returns the new n.
-  // Not inlined into the conv: that one is built with fp-contract=fast (its integer sums are
-  // exact either way), and an FMA here would round differently from the reference.
-  __attribute__((noinline)) int64_t finish_row(int64_t r, bool all, uint8_t* mask,
-                                               int32_t* pix_out, int16_t* delta_out, int64_t n,
-                                               float* sc, uint8_t* kn) const {
+  // pixel(j) at each marked column j of output row r (every column if `all`), clearing the
+  // marks: 64 at a time as a bit mask walked bit by bit (a test per pixel mispredicted on
+  // maps half changed), the next row's k map prefetched as it goes.
+  template <class F>
+  void for_each_marked(int64_t r, bool all, uint8_t* mask, F&& pixel) const {
     const int64_t q0 = r * wo;
     for (int64_t jj = 0; jj < wo; jj += 64) {
       const int64_t len = std::min<int64_t>(64, wo - jj);
@@ -752,10 +759,24 @@ struct Epilogue {
       while (bits) {
         const int64_t j = jj + __builtin_ctzll(bits);
         bits &= bits - 1;
-        pix_out[n] = static_cast<int32_t>(q0 + j);
-        n += run(q0 + j, r, j, delta_out + n * o, sc, kn);
+        pixel(j);
       }
     }
+  }
+
+  // The epilogue at each marked pixel of output row r (every pixel if `all`). Appends the
+  // changed ones to pix_out / delta_out from index n (written for every pixel, kept by
+  // advancing n: no branch on the outcome either), returns the new n.
+  // Not inlined into the conv: that one is built with fp-contract=fast (its integer sums are
+  // exact either way), and an FMA here would round differently from the reference.
+  __attribute__((noinline)) int64_t finish_row(int64_t r, bool all, uint8_t* mask,
+                                               int32_t* pix_out, int16_t* delta_out, int64_t n,
+                                               float* sc, uint8_t* kn) const {
+    for_each_marked(r, all, mask, [&](int64_t j) {
+      const int64_t q = r * wo + j;
+      pix_out[n] = static_cast<int32_t>(q);
+      n += run(q, r, j, delta_out + n * o, sc, kn);
+    });
     return n;
   }
 
@@ -775,46 +796,23 @@ struct Epilogue {
       vq[h] = loadv<vf16>(inv_step + 16 * h);
       vsq[h] = sck ? loadv<vf16>(scq + 16 * h) : vf16{};
     }
-    const vf16 zero = {}, magic = zero + 8388608.0f, vmax = zero + kmax;
-    const bool same_grid = sc_stride == 1 && sc_w == wo;
-    const int64_t q0 = r * wo;
-    for (int64_t jj = 0; jj < wo; jj += 64) {
-      const int64_t len = std::min<int64_t>(64, wo - jj);
-      uint64_t bits = len == 64 ? ~uint64_t{0} : (uint64_t{1} << len) - 1;
-      if (!all) {
-        bits = marked(mask + q0 + jj, len);
-        if (!bits) continue;
-        std::memset(mask + q0 + jj, 0, len);
+    const vf16 vmax = vf16{} + kmax;
+    for_each_marked(r, all, mask, [&](int64_t j) {
+      const int64_t q = r * wo + j;
+      const float* a = acc + q * o;
+      uint8_t* km = kmap + q * o;
+      int16_t* d = delta_out + n * o;
+      const uint8_t* sk = shortcut_at(q, r, j);
+      vi16 moved = {};
+      for (int h = 0; h < CH; ++h) {
+        vf16 v = loadv<vf16>(a + 16 * h) * vs[h];
+        v = v + vb[h];
+        if (sk) v = v + load16u8(sk + 16 * h) * vsq[h];
+        moved |= requantise16(v, vq[h], vmax, km + 16 * h, d + 16 * h);
       }
-      prefetch_next_kmap(q0, jj, len);
-      while (bits) {
-        const int64_t j = jj + __builtin_ctzll(bits);
-        bits &= bits - 1;
-        const int64_t q = q0 + j;
-        const float* a = acc + q * o;
-        uint8_t* km = kmap + q * o;
-        int16_t* d = delta_out + n * o;
-        const uint8_t* sk =
-            sck ? sck + (same_grid ? q : (r * sc_stride) * sc_w + j * sc_stride) * sc_c : nullptr;
-        vi16 moved = {};
-        for (int h = 0; h < CH; ++h) {
-          vf16 v = loadv<vf16>(a + 16 * h) * vs[h];
-          v = v + vb[h];
-          if (sk) v = v + load16u8(sk + 16 * h) * vsq[h];
-          v = v > zero ? v : zero;
-          v = v * vq[h];
-          v = (v + magic) - magic;  // round half to even, as run()
-          v = v < vmax ? v : vmax;
-          const vf16 dv = v - load16u8(km + 16 * h);
-          store16i16(d + 16 * h, dv);
-          const vi16 lane_moved = dv != zero;
-          moved |= lane_moved;
-          store_u8_where(km + 16 * h, to_u8(v), lane_moved);
-        }
-        pix_out[n] = static_cast<int32_t>(q);
-        n += any_lane(moved);
-      }
-    }
+      pix_out[n] = static_cast<int32_t>(q);
+      n += any_lane(moved);
+    });
     return n;
   }
 
