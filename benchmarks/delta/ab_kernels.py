@@ -19,12 +19,8 @@ each delta frame starts from caches holding dense's data rather than its own sta
 from __future__ import annotations
 
 import argparse
-import ctypes
-import hashlib
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,23 +35,6 @@ from edgeadapt.video.sources import open_frames
 
 CHECKPOINT = "models/resnet20_cifar10jpeg.pt"
 CALIBRATION_FRAMES = 16
-
-
-def build(source: Path, folder: Path) -> ctypes.CDLL:
-    """The kernels of `source`, compiled as `fast_native` compiles the shipped ones."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    out = folder / f"{source.stem}_{digest}.so"
-    flags = [*fast_native.BASE_FLAGS, *fast_native.ARCH_FLAGS]
-    done = subprocess.run(
-        ["g++", *flags, str(source), "-o", str(out)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"building {source} failed:\n{done.stderr[-3000:]}")
-    lib = ctypes.CDLL(str(out))
-    for name, (restype, argtypes) in fast_native._SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-    return lib
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no clip {clip} or no checkpoint {checkpoint}", file=sys.stderr)
         return 1
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    with tempfile.TemporaryDirectory() as tmp:  # loaded libraries outlive their files
-        libs = [build(s, Path(tmp)) for s in args.sources]
+    # Built as the shipped kernels are (flags, cache, errors), one library per source.
+    libs = [fast_native.load_kernels(s.resolve()) for s in args.sources]
     dense = create_model("resnet20", num_classes=10, checkpoint=checkpoint).eval()
     frames = np.stack(list(open_frames(clip, size=size, fit="squash")))
     start = len(frames) // 4  # as fast_run.py: calibrate on the first quarter, time after it

@@ -86,20 +86,25 @@ def _cache_dir() -> Path:
     return Path(env) if env else user_cache_dir() / "native"
 
 
-def _compile(cxx: str, flags: tuple[str, ...], out: Path) -> subprocess.CompletedProcess:
-    cmd = [cxx, *flags, str(SOURCE), "-o", str(out)]
+def _compile(
+    cxx: str, flags: tuple[str, ...], source: Path, out: Path
+) -> subprocess.CompletedProcess:
+    cmd = [cxx, *flags, str(source), "-o", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
-@functools.lru_cache(maxsize=1)
-def load_kernels() -> ctypes.CDLL:
-    """The compiled kernels (built into the cache on first use); raises `NativeBuildError`."""
+@functools.lru_cache(maxsize=4)
+def load_kernels(source_file: Path = SOURCE) -> ctypes.CDLL:
+    """The compiled kernels (built into the cache on first use); raises `NativeBuildError`.
+
+    `source_file`: another version of `native/fast_delta.cpp` with the same ABI, for kernel
+    work (`benchmarks/delta/ab_kernels.py` times two against each other)."""
     cxx = _compiler()
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     except OSError as e:
         raise NativeBuildError(f"cannot run the C++ compiler {cxx!r}: {e}") from e
-    source = SOURCE.read_bytes()
+    source = source_file.read_bytes()
     key = hashlib.sha256(
         b"\0".join(
             [
@@ -117,12 +122,12 @@ def load_kernels() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            done = _compile(cxx, BASE_FLAGS + ARCH_FLAGS, Path(tmp))
+            done = _compile(cxx, BASE_FLAGS + ARCH_FLAGS, source_file, Path(tmp))
             if done.returncode != 0:  # a compiler without -march=native: portable code
-                done = _compile(cxx, BASE_FLAGS, Path(tmp))
+                done = _compile(cxx, BASE_FLAGS, source_file, Path(tmp))
             if done.returncode != 0:
                 raise NativeBuildError(
-                    f"building {SOURCE.name} with {cxx} failed:\n{done.stderr[-4000:]}"
+                    f"building {source_file.name} with {cxx} failed:\n{done.stderr[-4000:]}"
                 )
             os.replace(tmp, target)
         finally:
