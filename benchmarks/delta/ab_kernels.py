@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="240x320", help="HxW the frames are resized to")
     parser.add_argument("--dense", action="store_true", help="run dense before each delta frame")
     args = parser.parse_args(argv)
+    for source in args.sources:
+        if not source.is_file():
+            parser.error(f"no kernel source {source} (give two versions of fast_delta.cpp)")
     torch.set_num_threads(1)
     clip = args.clip or shared_dir() / "data/videos/bottle-detection.mp4"
     checkpoint = shared_dir() / CHECKPOINT
