@@ -217,6 +217,19 @@ DEVICE_SETTINGS: dict[str, Any] = {
     "momentum": 0.0,
 }
 
+# EcoTTAConfig.device_small(): the device configuration whose ResNet-20 step fits an
+# STM32F746's 320 KB of SRAM with int8 kept activations (benchmarks/firmware/small_sram.md).
+SMALL_SRAM_SETTINGS: dict[str, Any] = {
+    # Meta networks on stages 2 and 3 only, one part each: the step keeps none of stage 1's
+    # maps, the network's largest (K = 3 or 4 there does not fit; small_sram.md).
+    "skip_stages": 1,
+    "num_parts": 2,
+    # Plain SGD's step for this partition on the extra corruptions at batch 1 (tune_stream.md,
+    # i.i.d. / correlated error): 3e-5 23.8 / 28.3, 1e-4 23.7 / 28.2, 3e-4 23.7 / 27.9, 1e-3
+    # 26.5 / 29.3 (it drifts). The full device configuration's 1e-3 is too large for two parts.
+    "lr": 3e-4,
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class EcoTTAConfig(AdaptConfig, _InputStatistics):
@@ -233,6 +246,11 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
     parts: tuple[str | tuple[str, ...], ...] | None = None
     # K, used when parts is None; None: 4, or one part per block on networks with fewer blocks.
     num_parts: int | None = None
+    # Used when parts is None: the first N stages of blocks get no meta network. They still run
+    # (their BNs on the stream's statistics), but the step keeps none of their maps, which are
+    # the network's largest: what fits ResNet-20's step into an STM32F746's 320 KB
+    # (`device_small()`, benchmarks/firmware/small_sram.md).
+    skip_stages: int = 0
     entropy_margin: float = 0.4  # adapt on samples with entropy < margin · ln(C)
     # λ of the self-distilled L1 term, which here is the mean over the K parts (the paper sums
     # them: its λ = 0.5 at K = 4 is λ = 2 here). 5 was chosen on the extra corruptions over 1280
@@ -276,6 +294,14 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
         (the optimiser the device applies to the program's gradients). `changes` override."""
         return cls(**{**DEVICE_SETTINGS, **changes})
 
+    @classmethod
+    def device_small(cls, **changes: Any) -> EcoTTAConfig:
+        """`device()` for a part with about 320 KB of SRAM: meta networks on the stages after
+        the first only, two parts, and their own SGD step (`SMALL_SRAM_SETTINGS`). ResNet-20's
+        step then fits an STM32F746 when exported with int8 kept activations; it adapts less
+        than `device()` (benchmarks/firmware/small_sram.md). `changes` override."""
+        return cls(**{**DEVICE_SETTINGS, **SMALL_SRAM_SETTINGS, **changes})
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_input_statistics()
@@ -290,6 +316,12 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
         )
         _check(0.0 <= self.restore_prob <= 1.0, "restore_prob must be in [0, 1]")
         _check(self.num_parts is None or self.num_parts >= 1, "num_parts must be >= 1")
+        _check(self.skip_stages >= 0, "skip_stages must be >= 0")
+        _check(
+            self.skip_stages == 0 or self.parts is None,
+            "skip_stages applies to the automatic split: with parts given, name only the parts "
+            "that get meta networks",
+        )
         _check(self.entropy_margin > 0, "entropy_margin must be > 0")
         _check(self.reg_weight >= 0, "reg_weight must be >= 0")
         _check(self.meta_kernel_size in (1, 3), "meta_kernel_size must be 1 or 3")

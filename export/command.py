@@ -473,10 +473,40 @@ def run(args: argparse.Namespace) -> int:
         for line in fit.basis:  # which figures are measured, calibrated or estimated
             print(f"  {line}")
         code = 0 if fit.fits else 3
+        if not fit.fits:
+            for line in _smaller_step_levers(args, out["settings"]):
+                print(f"  {line}")
     if args.json:
         _write_json(args.json, out)
         print(f"wrote {args.json}")
     return code
+
+
+def _smaller_step_levers(args: argparse.Namespace, settings: dict | None) -> list[str]:
+    """What this export left unused that shrinks an EcoTTA adaptation step that does not fit.
+    Both together fit ResNet-20's step into an STM32F746's 320 KB
+    (benchmarks/firmware/small_sram.md)."""
+    if args.method != "ecotta" or args.program != "adapt":
+        return []
+    levers = []
+    if args.kept_activations == "fp32":
+        levers.append(
+            "--kept-activations int8: what the backward reads kept in a quarter of the bytes "
+            "(approximate gradients)"
+        )
+    if not (settings or {}).get("skip_stages") and not (settings or {}).get("parts"):
+        levers.append(
+            f"--settings '{_small_sram_json()}' (EcoTTAConfig.device_small()): no meta "
+            "network on the first stage, whose maps are the largest, so the step keeps none "
+            "of them (it adapts less: benchmarks/firmware/small_sram.md)"
+        )
+    return [f"smaller step: {lever}" for lever in levers]
+
+
+def _small_sram_json() -> str:
+    from edgeadapt.config import SMALL_SRAM_SETTINGS
+
+    return json.dumps(SMALL_SRAM_SETTINGS)
 
 
 def _arena_peak_line(peak: dict) -> str:

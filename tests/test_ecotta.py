@@ -8,7 +8,7 @@ from tiny import tiny_config
 from torch import nn
 
 from edgeadapt.api import wrap
-from edgeadapt.errors import PartitionError
+from edgeadapt.errors import ConfigError, PartitionError
 from edgeadapt.models import create_model
 from edgeadapt.modules import MetaPart
 
@@ -56,6 +56,34 @@ def test_auto_parts_on_resnet20():
     assert [(p.adapter_conv.conv.in_channels, p.adapter_conv.conv.out_channels, p.adapter_conv.conv.stride[0]) for p in parts] == [
         (16, 16, 1), (16, 16, 1), (16, 32, 2), (32, 64, 2)
     ]  # fmt: skip
+
+
+def test_skip_stages_puts_no_meta_network_in_the_first_stages(batch):
+    adapter = wrap(create_model("resnet20"), tiny_config("ecotta", skip_stages=1, num_parts=2))
+    assert adapter.part_names == ["layer2.0", "layer3.0"]
+    # Stage 1 runs as it was; its BNs still adapt their statistics, its weights stay frozen.
+    assert not any(isinstance(m, MetaPart) for m in adapter.model.layer1.modules())
+    trained = {n for n, p in adapter.model.named_parameters() if p.requires_grad}
+    assert trained and not any(n.startswith(("layer1.", "conv1", "bn1")) for n in trained)
+    before = {k: v.clone() for k, v in adapter.adapter_state_dict().items()}
+    logits = adapter(batch)
+    assert logits.shape == (len(batch), 10)
+    after = adapter.adapter_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # Without num_parts, the default K is split over the stages left.
+    default = wrap(create_model("resnet20"), tiny_config("ecotta", skip_stages=1))
+    assert default.part_names == ["layer2.0", "layer2.2", "layer3.0", "layer3.2"]
+
+
+def test_skip_stages_errors():
+    with pytest.raises(PartitionError, match="skip_stages=3 leaves no stage"):
+        wrap(create_model("resnet20"), tiny_config("ecotta", skip_stages=3))
+    with pytest.raises(PartitionError, match="fewer than the 2 stages"):
+        wrap(create_model("resnet20"), tiny_config("ecotta", skip_stages=1, num_parts=1))
+    with pytest.raises(ConfigError, match="skip_stages must be >= 0"):
+        tiny_config("ecotta", skip_stages=-1)
+    with pytest.raises(ConfigError, match="name only the parts"):
+        tiny_config("ecotta", skip_stages=1, parts=("layer3",))
 
 
 def test_named_parts_and_their_errors(tiny_model, example):

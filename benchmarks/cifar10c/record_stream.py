@@ -27,10 +27,12 @@ from _jobs import add_executor_args, bench_command, keep_earlier_rows, merge, ru
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import results_from_json
-from edgeadapt.config import EcoTTAConfig
+from edgeadapt.config import SMALL_SRAM_SETTINGS, EcoTTAConfig
 
 HERE = Path(__file__).resolve().parent
-METHODS = ["source", "norm", "tent", "eata", "cotta", "rotta", "sar", "ecotta", "ecotta-device"]
+METHODS = ["source", "norm", "tent", "eata", "cotta", "rotta", "sar", "ecotta", "ecotta-device",
+           "ecotta-device-small"]  # fmt: skip
+
 BATCHES = (1, 4, 16, 64)
 STREAMS = ("iid", "correlated")
 SLOW = {"cotta": 16}  # method -> smallest batch it runs at here (32 augmented views a step)
@@ -45,10 +47,15 @@ def device_settings() -> dict:
 
 def method_args(method: str) -> tuple[list[str], str]:
     """bench arguments of a row, and its label in the tables."""
-    if method != "ecotta-device":
+    if method not in ("ecotta-device", "ecotta-device-small"):
         return ["--methods", method], method
     settings = device_settings()
     label = "ecotta (device: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+    if method == "ecotta-device-small":
+        # EcoTTAConfig.device_small(): the configuration that fits 320 KB of SRAM.
+        settings = {**settings, **SMALL_SRAM_SETTINGS}
+        label = ("ecotta (device, 320 KB: "
+                 + ", ".join(f"{k}={v}" for k, v in SMALL_SRAM_SETTINGS.items()) + ")")  # fmt: skip
     return ["--methods", "ecotta", "--overrides", json.dumps({"ecotta": settings})], label
 
 

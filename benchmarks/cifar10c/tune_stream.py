@@ -22,10 +22,22 @@ from _jobs import add_executor_args, bench_command, merge, run_parallel
 
 from edgeadapt._paths import shared_dir
 from edgeadapt.bench.report import results_from_json
+from edgeadapt.config import SMALL_SRAM_SETTINGS
 
 HERE = Path(__file__).resolve().parent
 GROW = [512, 4096]  # a window growing with depth (stream_norm.stream_windows)
 DEVICE = {"frozen_bn": "eval", "frozen_weights": "int8"}
+# EcoTTAConfig.device_small()'s partition; its step size is what the rows below choose.
+SMALL_SRAM = {k: v for k, v in SMALL_SRAM_SETTINGS.items() if k != "lr"}
+
+
+def _plain_sgd(lr: float, **extra) -> dict:
+    """The device's EcoTTA (frozen BNs on the stream, as DEVICE_SETTINGS has them) stepped by
+    plain SGD at `lr`, as the device applies it."""
+    return {**DEVICE, "frozen_bn": "batch", "stat_window": GROW, "optimizer": "sgd",
+            "momentum": 0.0, "lr": lr, **extra}  # fmt: skip
+
+
 # label -> (method, settings)
 SETTINGS: dict[str, tuple[str, dict]] = {
     "source": ("source", {}),
@@ -63,18 +75,17 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     # The device applies plain SGD (no momentum state; docs/bridge-protocol.md §5): its
     # step size chosen here, with the frozen BNs on the stream as DEVICE_SETTINGS has them.
     **{
-        f"ecotta device, BNs on the stream, plain SGD {lr:g}": (
-            "ecotta",
-            {
-                **DEVICE,
-                "frozen_bn": "batch",
-                "stat_window": GROW,
-                "optimizer": "sgd",
-                "momentum": 0.0,
-                "lr": lr,
-            },
-        )
+        f"ecotta device, BNs on the stream, plain SGD {lr:g}": ("ecotta", _plain_sgd(lr))
         for lr in (1e-4, 3e-4, 1e-3, 3e-3)
+    },
+    # The device configuration that fits an STM32F746's 320 KB (benchmarks/firmware/
+    # small_sram.md): meta networks on stages 2 and 3 only, one part each. Its step size.
+    **{
+        f"ecotta device 320 KB (stages 2-3, 2 parts), plain SGD {lr:g}": (
+            "ecotta",
+            _plain_sgd(lr, **SMALL_SRAM),
+        )
+        for lr in (3e-5, 1e-4, 3e-4, 1e-3)
     },
     "tent, window 512→4096": ("tent", {"stat_window": GROW}),
     "tent, window 512→4096, lr 1e-4": ("tent", {"stat_window": GROW, "lr": 1e-4}),

@@ -64,7 +64,7 @@ class EcoTTAAdapter(Adapter):
         if c.parts is not None:
             parts = resolve_parts(model, c.parts, example_input)
         else:
-            parts = auto_parts(model, c.num_parts, example_input)
+            parts = auto_parts(model, c.num_parts, example_input, c.skip_stages)
         with torch.random.fork_rng(devices=[]):  # meta-network init follows the config's seed
             torch.manual_seed(c.seed)
             self.part_names = attach_meta_parts(model, parts, c.meta_kernel_size, c.recompute)

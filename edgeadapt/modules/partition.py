@@ -185,19 +185,29 @@ def _split(items: Sequence[str], k: int) -> list[tuple[str, ...]]:
 DEFAULT_NUM_PARTS = 4
 
 
-def auto_parts(model: nn.Module, num_parts: int | None, example: Tensor) -> list[Part]:
+def auto_parts(
+    model: nn.Module, num_parts: int | None, example: Tensor, skip_stages: int = 0
+) -> list[Part]:
     """Partition a ResNet-style network: its blocks, grouped into `num_parts` runs that never
     cross a stage boundary (as the paper's K = 4/5 splits). None: 4, or one part per block
-    when there are fewer blocks."""
+    when there are fewer blocks. The first `skip_stages` stages get no part: they run frozen
+    and the training step keeps none of their maps for the backward."""
     stages = _stages(model)
-    blocks = sum(len(s) for s in stages)
-    if num_parts is None:
-        num_parts = max(min(DEFAULT_NUM_PARTS, blocks), len(stages))
     if not stages:
         raise PartitionError(
             "found no stage of blocks (an nn.Sequential of sub-networks) to split automatically; "
             "name the parts with EcoTTAConfig(parts=...)"
         )
+    if skip_stages >= len(stages):
+        raise PartitionError(
+            f"skip_stages={skip_stages} leaves no stage for a meta network: the network has "
+            f"{len(stages)} stages {[_parent_name(s[0]) for s in stages]}; "
+            f"use skip_stages <= {len(stages) - 1}"
+        )
+    stages = stages[skip_stages:]
+    blocks = sum(len(s) for s in stages)
+    if num_parts is None:
+        num_parts = max(min(DEFAULT_NUM_PARTS, blocks), len(stages))
     if num_parts > blocks:
         raise PartitionError(
             f"num_parts={num_parts} but the network has only {blocks} blocks; use num_parts <= {blocks}"

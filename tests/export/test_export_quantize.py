@@ -129,3 +129,23 @@ def test_command_rejects_bad_settings_before_exporting(tmp_path, settings, match
     with pytest.raises(ConfigError, match=match):
         args.func(args)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_ecotta_step_that_does_not_fit_names_the_levers_left(tmp_path, capsys):
+    from edgeadapt.config import SMALL_SRAM_SETTINGS
+    from edgeadapt.export import load_profile
+
+    text = load_profile("nrf52840").path.read_text()
+    small = tmp_path / "small_mcu.toml"
+    small.write_text(text.replace("bytes = 262144", "bytes = 2048"))
+    common = ["--model", "tiny_resnet", "--random-weights", "--method", "ecotta", "--program",
+              "adapt", "--batch", "1", "--input-size", "16", "--device", str(small)]  # fmt: skip
+    args = _parse([*common, "--out", str(tmp_path / "a")])
+    assert args.func(args) == 3
+    levers = [line for line in capsys.readouterr().out.splitlines() if "smaller step:" in line]
+    assert len(levers) == 2
+    assert "--kept-activations int8" in levers[0] and '"skip_stages": 1' in levers[1]
+    args = _parse([*common, "--kept-activations", "int8", "--settings",
+                   json.dumps(SMALL_SRAM_SETTINGS), "--out", str(tmp_path / "b")])  # fmt: skip
+    assert args.func(args) == 3  # 2 KB fits nothing: but no lever is left to name
+    assert "smaller step:" not in capsys.readouterr().out

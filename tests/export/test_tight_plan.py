@@ -114,3 +114,24 @@ def test_a_tight_plan_is_one_region_and_the_same_step(plans):
     got, want = (r.parameters() for r in runners)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert any(not torch.equal(got[k], v) for k, v in first.items())  # the weights moved
+
+
+def test_resnet20_step_of_the_small_sram_configuration_fits_the_stm32f746(tmp_path):
+    """EcoTTAConfig.device_small() with int8 kept activations fits the part's 320 KB by the fit
+    check (benchmarks/firmware/small_sram.md runs it there); the full device configuration
+    does not. Random weights: the sizes do not depend on them."""
+    from edgeadapt import EcoTTAConfig, wrap
+    from edgeadapt.models import create_model
+
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    adapter = wrap(create_model("resnet20"), EcoTTAConfig.device_small(), example_input=x)
+    assert adapter.part_names == ["layer2.0", "layer3.0"]
+    report = to_training_program(
+        adapter, x, tmp_path / "small.pte", device="stm32f746", int8_activations=True
+    )
+    fit = check_fit(report, "stm32f746")
+    assert fit.fits, fit.message
+    # Stage 1's maps are the forward's: nothing of them is kept for the backward.
+    peak = report.arena_peak
+    assert peak["forward_peak_bytes"] == peak["peak_live_bytes"]
+    assert peak["by_role"]["kept activations"] < 4096
