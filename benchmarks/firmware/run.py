@@ -293,7 +293,9 @@ NOTES = [
     "programs agree to float rounding (the device-vs-host lines above).",
     "- What would close the STM32F746 gap for the EcoTTA step: the arena is the item "
     "(`arena_peak.md`: what it holds at its peak and what each lever frees); int8 kept "
-    "activations (opt-in) are measured in `levers/results.md`. The runtime tables are second.",
+    "activations (opt-in) are measured in `levers/results.md`. The runtime tables are second. "
+    "With meta networks on stages 2 and 3 only (`EcoTTAConfig.device_small()`) and int8 kept "
+    "activations the step fits the part and runs there: `small_sram/results.md`.",
     "",
 ]
 
