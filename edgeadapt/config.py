@@ -221,7 +221,8 @@ DEVICE_SETTINGS: dict[str, Any] = {
 # STM32F746's 320 KB of SRAM with int8 kept activations (benchmarks/firmware/small_sram.md).
 SMALL_SRAM_SETTINGS: dict[str, Any] = {
     # Meta networks on stages 2 and 3 only, one part each: the step keeps none of stage 1's
-    # maps, the network's largest (K = 3 or 4 there does not fit; small_sram.md).
+    # maps, the network's largest. Three parts there, or fp32 kept activations, do not fit
+    # (small_sram.md).
     "skip_stages": 1,
     "num_parts": 2,
     # Plain SGD's step for this partition on the extra corruptions at batch 1 (tune_stream.md,

@@ -246,12 +246,18 @@ def markdown(rows: list[dict], compares: dict, budgets: dict, meta: dict) -> str
             if measured:
                 short = measured["method_used"] - r["method_pool"]
                 fits += f", it needs {measured['method_used']:,} B ({short:,} B short)"
+            elif r.get("runtime_estimate"):  # no measurement build of it: the estimate
+                fits += f"; the 32-bit estimate of its tables is {r['runtime_estimate']:,} B"
         if r["build"] == "an500":
             fits = "measurement build"
         est = f"{r['runtime_estimate']:,}" if r["runtime_estimate"] else "-"
+        # A load that failed used part of what it needed: not a figure to read as its need.
+        loaded = r.get("ran") or r["build"] == "an500"
+        used = f"{r.get('method_used') or 0:,}" if loaded else "-"
+        stack = f"{r.get('stack_high_water') or 0:,}" if loaded else "-"
         out.append(f"| {r['program']} | {r['build']} | {r['pte_bytes']:,} | "
-                   f"{r.get('arena_bytes', 0):,} | {r.get('method_used') or 0:,} | {est} | "
-                   f"{r.get('stack_high_water') or 0:,} | {r['code_bytes']:,} | "
+                   f"{r.get('arena_bytes', 0):,} | {used} | {est} | "
+                   f"{stack} | {r['code_bytes']:,} | "
                    f"{r['data_bytes'] + r['bss_bytes']:,} | {fits} |")  # fmt: skip
     out += ["", "Code = .text less the linked-in .pte and inputs (runtime + kernels + runner); "
             ".bss excludes the arenas and the stack (own sections).", ""]  # fmt: skip
