@@ -313,8 +313,9 @@ def markdown(r: dict) -> str:
         "rounding-sized differences (on the device: newlib's libm, the portable kernels' "
         "summation order) at the same frames and by the same amounts."
         + (" With int8 kept activations the program's gradients are approximations by design "
-           "(int8_activations.md), so it also departs from eager by those: the host's runtime, "
-           "which steps the same program, is the reference for the device."
+           "(benchmarks/firmware/int8_activations.md), so it also departs from eager by "
+           "those: the host's runtime, which steps the same program, is the reference for "
+           "the device."
            if "int8 kept" in r["meta"]["config"] else ""), "",
         f"Configuration: {r['meta']['config']}, lr {r['meta']['lr']}, "
         f"{r['meta']['corruption']}, device --slowdown {r['meta']['slowdown']}, host timeout "
