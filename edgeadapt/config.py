@@ -218,11 +218,12 @@ DEVICE_SETTINGS: dict[str, Any] = {
 }
 
 # EcoTTAConfig.device_small(): the device configuration whose ResNet-20 step fits an
-# STM32F746's 320 KB of SRAM with int8 kept activations (benchmarks/firmware/small_sram.md).
+# STM32F746's 320 KB of SRAM with int8 kept activations
+# (benchmarks/firmware/small_sram/results.md).
 SMALL_SRAM_SETTINGS: dict[str, Any] = {
     # Meta networks on stages 2 and 3 only, one part each: the step keeps none of stage 1's
     # maps, the network's largest. Three parts there, or fp32 kept activations, do not fit
-    # (small_sram.md).
+    # (benchmarks/firmware/small_sram/results.md).
     "skip_stages": 1,
     "num_parts": 2,
     # Plain SGD's step for this partition on the extra corruptions at batch 1 (tune_stream.md,
@@ -250,7 +251,7 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
     # Used when parts is None: the first N stages of blocks get no meta network. They still run
     # (their BNs on the stream's statistics), but the step keeps none of their maps, which are
     # the network's largest: what fits ResNet-20's step into an STM32F746's 320 KB
-    # (`device_small()`, benchmarks/firmware/small_sram.md).
+    # (`device_small()`, benchmarks/firmware/small_sram/results.md).
     skip_stages: int = 0
     entropy_margin: float = 0.4  # adapt on samples with entropy < margin · ln(C)
     # λ of the self-distilled L1 term, which here is the mean over the K parts (the paper sums
@@ -300,7 +301,7 @@ class EcoTTAConfig(AdaptConfig, _InputStatistics):
         """`device()` for a part with about 320 KB of SRAM: meta networks on the stages after
         the first only, two parts, and their own SGD step (`SMALL_SRAM_SETTINGS`). ResNet-20's
         step then fits an STM32F746 when exported with int8 kept activations; it adapts less
-        than `device()` (benchmarks/firmware/small_sram.md). `changes` override."""
+        than `device()` (benchmarks/firmware/small_sram/results.md). `changes` override."""
         return cls(**{**DEVICE_SETTINGS, **SMALL_SRAM_SETTINGS, **changes})
 
     def __post_init__(self) -> None:

@@ -485,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
 def _smaller_step_levers(args: argparse.Namespace, settings: dict | None) -> list[str]:
     """What this export left unused that shrinks an EcoTTA adaptation step that does not fit.
     Both together fit ResNet-20's step into an STM32F746's 320 KB
-    (benchmarks/firmware/small_sram.md)."""
+    (benchmarks/firmware/small_sram/results.md)."""
     if args.method != "ecotta" or args.program != "adapt":
         return []
     levers = []
@@ -498,7 +498,7 @@ def _smaller_step_levers(args: argparse.Namespace, settings: dict | None) -> lis
         levers.append(
             f"--settings '{_small_sram_json()}' (EcoTTAConfig.device_small()): no meta "
             "network on the first stage, whose maps are the largest, so the step keeps none "
-            "of them (it adapts less: benchmarks/firmware/small_sram.md)"
+            "of them (it adapts less: benchmarks/firmware/small_sram/results.md)"
         )
     return [f"smaller step: {lever}" for lever in levers]
 

@@ -78,8 +78,9 @@ SETTINGS: dict[str, tuple[str, dict]] = {
         f"ecotta device, BNs on the stream, plain SGD {lr:g}": ("ecotta", _plain_sgd(lr))
         for lr in (1e-4, 3e-4, 1e-3, 3e-3)
     },
-    # The device configuration that fits an STM32F746's 320 KB (benchmarks/firmware/
-    # small_sram.md): meta networks on stages 2 and 3 only, one part each. Its step size.
+    # The device configuration that fits an STM32F746's 320 KB
+    # (benchmarks/firmware/small_sram/results.md): meta networks on stages 2 and 3 only, one
+    # part each. Its step size.
     **{
         f"ecotta device 320 KB (stages 2-3, 2 parts), plain SGD {lr:g}": (
             "ecotta",

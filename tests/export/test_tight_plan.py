@@ -118,8 +118,8 @@ def test_a_tight_plan_is_one_region_and_the_same_step(plans):
 
 def test_resnet20_step_of_the_small_sram_configuration_fits_the_stm32f746(tmp_path):
     """EcoTTAConfig.device_small() with int8 kept activations fits the part's 320 KB by the fit
-    check (benchmarks/firmware/small_sram.md runs it there); the full device configuration
-    does not. Random weights: the sizes do not depend on them."""
+    check (benchmarks/firmware/small_sram/results.md runs it there). Random weights: the
+    sizes do not depend on them."""
     from edgeadapt import EcoTTAConfig, wrap
     from edgeadapt.models import create_model
 
