@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         r = row(b, run, reports[b.program])
         rows.append(r)
         print(json.dumps(r))
-        # The measurement build, and a program built for the STM32F746 alone where it links:
-        # there it runs inside the part's own 320 KB, which is what the comparison must show.
-        if run is not None and run.ok and (b.profile == "an500" or folder_f746(prog)):
+        # The measurement build, or a program's only build (one for the STM32F746 alone, run
+        # inside the part's own 320 KB, which is what the comparison must show there).
+        if run is not None and run.ok and (b.profile == "an500" or "an500" not in prog.profiles):
             compares[b.program] = compare(run, prog.pte, inputs, args.steps, args.lr,
                                           prog.steps > 0)  # fmt: skip
             budgets[b.program] = f746_budget(r)
@@ -389,11 +389,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out / 'results.json'} and results.md")
     _write_measurement(args.measurement, rows, meta)
     return 0
-
-
-def folder_f746(prog) -> bool:
-    """A program built only for the STM32F746 (its folder ends in `_f746`)."""
-    return prog.name.endswith("_f746")
 
 
 def _write_measurement(path: Path | None, rows: list[dict], meta: dict) -> None:

@@ -661,15 +661,15 @@ struct Epilogue {
   uint8_t* kmap;
   bool vec, sc_direct;
 
-  // Output pixel q of row i, column j: k = min(round(max(v, 0)·(1/q)), kmax) with
-  // v = acc·scale + bias [+ shortcut]; writes the delta row to d and k into kmap; true if
-  // k changed. `sc` is scratch for a padded shortcut (zero outside its channels).
   // The shortcut's k row read at output pixel q = (i, j), or null without a shortcut.
   const uint8_t* shortcut_at(int64_t q, int64_t i, int64_t j) const {
     if (!sck) return nullptr;
     return sck + (sc_stride == 1 && sc_w == wo ? q : (i * sc_stride) * sc_w + j * sc_stride) * sc_c;
   }
 
+  // Output pixel q of row i, column j: k = min(round(max(v, 0)·(1/q)), kmax) with
+  // v = acc·scale + bias [+ shortcut]; writes the delta row to d and k into kmap; true if
+  // k changed. `sc` is scratch for a padded shortcut (zero outside its channels).
   bool run(int64_t q, int64_t i, int64_t j, int16_t* d, float* sc, uint8_t* kn) const {
     const float* a = acc + q * o;
     const float* b = bias;
